@@ -1,0 +1,190 @@
+"""The IRIS actor-critic: encoder + LSTMCell + policy and value heads, lambda-returns and the loss.
+
+The actor-critic sees only tokenizer reconstructions (in the tokenizer's preprocessed space) and is
+trained only in imagination.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LSTMState = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class ActorCriticConfig:
+    """Actor-critic sizes (defaults: the published IRIS actor-critic for 64x64 RGB, about 3.2M parameters).
+
+    :param num_actions: number of discrete actions
+    :param observation_shape: ``(C, H, W)`` for images or ``(D,)`` for vectors
+    :param conv_channels: output channels of the conv3x3 + maxpool + ReLU stages (images)
+    :param mlp_hidden_sizes: hidden sizes of the MLP encoder (vectors)
+    :param lstm_dim: LSTMCell size
+    """
+
+    num_actions: int = 18
+    observation_shape: tuple[int, ...] = (3, 64, 64)
+    conv_channels: tuple[int, ...] = (32, 32, 64, 64)
+    mlp_hidden_sizes: tuple[int, ...] = (256, 256)
+    lstm_dim: int = 512
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.observation_shape) == 3
+
+
+class ActorCriticOutput(NamedTuple):
+    """:param logits: ``(B, A)`` policy logits; :param values: ``(B,)``; :param state: the new LSTM state."""
+
+    logits: torch.Tensor
+    values: torch.Tensor
+    state: LSTMState
+
+
+class ActorCriticLosses(NamedTuple):
+    """Scalars of one actor-critic update; ``total = policy - ent_coef * entropy + value``."""
+
+    total: torch.Tensor
+    policy: torch.Tensor
+    value: torch.Tensor
+    entropy: torch.Tensor
+
+
+def _conv_encoder(in_channels: int, channels: tuple[int, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for out_channels in channels:
+        layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.MaxPool2d(2), nn.ReLU()]
+        in_channels = out_channels
+    layers.append(nn.Flatten())
+    return nn.Sequential(*layers)
+
+
+def _mlp_encoder(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [nn.Linear(in_dim, size), nn.ReLU()]
+        in_dim = size
+    return nn.Sequential(*layers)
+
+
+class ActorCritic(nn.Module):
+    """Recurrent actor-critic over reconstructed observations.
+
+    :param config: sizes (see :class:`ActorCriticConfig`)
+    """
+
+    def __init__(self, config: ActorCriticConfig) -> None:
+        super().__init__()
+        self.config = config
+        if config.is_image:
+            c, h, w = config.observation_shape
+            downscale = 2 ** len(config.conv_channels)
+            if h % downscale or w % downscale:
+                raise ValueError(
+                    f"observation_shape={config.observation_shape}: height and width must be divisible by "
+                    f"2**len(conv_channels)={downscale}"
+                )
+            self.encoder = _conv_encoder(c, config.conv_channels)
+            features = config.conv_channels[-1] * (h // downscale) * (w // downscale)
+        else:
+            self.encoder = _mlp_encoder(config.observation_shape[0], config.mlp_hidden_sizes)
+            features = config.mlp_hidden_sizes[-1] if config.mlp_hidden_sizes else config.observation_shape[0]
+        self.lstm = nn.LSTMCell(features, config.lstm_dim)
+        self.actor = nn.Linear(config.lstm_dim, config.num_actions)
+        self.critic = nn.Linear(config.lstm_dim, 1)
+
+    def initial_state(self, batch_size: int, device: Optional[torch.device] = None) -> LSTMState:
+        """Zero LSTM state for ``batch_size`` sequences."""
+        device = device if device is not None else self.actor.weight.device
+        zeros = torch.zeros(batch_size, self.config.lstm_dim, device=device)
+        return zeros, zeros.clone()
+
+    def forward(
+        self, observations: torch.Tensor, state: LSTMState, mask: Optional[torch.Tensor] = None
+    ) -> ActorCriticOutput:
+        """One step on a batch of reconstructed observations.
+
+        :param observations: ``(B, *observation_shape)`` in the tokenizer's preprocessed space
+        :param state: LSTM ``(h, c)``, each ``(B, lstm_dim)``
+        :param mask: optional ``(B,)`` bool; where False the state is left unchanged (padded steps)
+        """
+        features = self.encoder(observations)
+        hx, cx = self.lstm(features, state)
+        if mask is not None:
+            keep = mask.unsqueeze(-1)
+            hx = torch.where(keep, hx, state[0])
+            cx = torch.where(keep, cx, state[1])
+        return ActorCriticOutput(self.actor(hx), self.critic(hx).squeeze(-1), (hx, cx))
+
+    def burn_in(
+        self, observations: torch.Tensor, mask_padding: torch.Tensor, state: Optional[LSTMState] = None
+    ) -> LSTMState:
+        """Feed a sequence through the LSTM (padded steps leave the state unchanged) and return the state.
+
+        :param observations: ``(B, T, *observation_shape)``
+        :param mask_padding: ``(B, T)`` True for real steps
+        :param state: initial state (zeros if None)
+        """
+        if state is None:
+            state = self.initial_state(observations.shape[0], observations.device)
+        for t in range(observations.shape[1]):
+            if mask_padding[:, t].any():
+                state = self(observations[:, t], state, mask_padding[:, t]).state
+        return state
+
+
+def compute_lambda_returns(
+    rewards: torch.Tensor, values: torch.Tensor, ends: torch.Tensor, gamma: float, lambda_: float
+) -> torch.Tensor:
+    """TD(lambda) returns over imagined trajectories, bootstrapped from the last value.
+
+    ``G_{T-1} = V_{T-1}``, and for ``t < T-1``:
+    ``G_t = r_t + gamma * (1 - d_t) * ((1 - lambda) * V_{t+1} + lambda * G_{t+1})``.
+
+    :param rewards: ``(B, T)`` rewards of the actions taken at each step
+    :param values: ``(B, T)`` value estimates of the states at each step
+    :param ends: ``(B, T)`` episode-end flags of each step (no bootstrapping past an end)
+    :param gamma: discount
+    :param lambda_: lambda of TD(lambda)
+    :return: ``(B, T)`` returns
+    """
+    not_end = 1.0 - ends.float()
+    returns = torch.empty_like(values)
+    returns[:, -1] = values[:, -1]
+    for t in reversed(range(rewards.shape[1] - 1)):
+        bootstrap = (1.0 - lambda_) * values[:, t + 1] + lambda_ * returns[:, t + 1]
+        returns[:, t] = rewards[:, t] + gamma * not_end[:, t] * bootstrap
+    return returns
+
+
+def actor_critic_loss(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    ent_coef: float,
+) -> ActorCriticLosses:
+    """REINFORCE with a value baseline, entropy bonus and MSE value loss (IRIS):
+
+    ``L = -mean(log pi(a) * (G - sg(V))) - ent_coef * mean(H(pi)) + mean((V - sg(G))^2)``.
+
+    :param logits: ``(B, T, A)`` policy logits
+    :param actions: ``(B, T)`` actions taken
+    :param values: ``(B, T)`` value estimates
+    :param returns: ``(B, T)`` lambda-returns (treated as constants)
+    :param ent_coef: entropy weight
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    action_log_probs = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    returns = returns.detach()
+    advantages = returns - values.detach()
+    policy_loss = -(action_log_probs * advantages).mean()
+    entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
+    value_loss = F.mse_loss(values.float(), returns)
+    total = policy_loss - ent_coef * entropy + value_loss
+    return ActorCriticLosses(total, policy_loss, value_loss, entropy)

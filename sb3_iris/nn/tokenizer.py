@@ -1,0 +1,547 @@
+"""Discrete autoencoders (tokenizers) that turn observations into a few integer tokens and back.
+
+``ConvTokenizer`` is the VQ autoencoder of IRIS for images (64x64 RGB -> 4x4 = 16 tokens from a
+512-entry codebook in the published configuration). ``MlpTokenizer`` does the same for 1-D vector
+observations with MLPs. Both share ``VectorQuantizer`` and the ``Tokenizer`` interface used by the
+world model, the imagination loop and the policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TokenizerEncoding(NamedTuple):
+    """Output of :meth:`Tokenizer.encode`.
+
+    :param z: continuous encoder output, ``(B, K, E)``
+    :param z_quantized: nearest codebook vectors with straight-through gradient, ``(B, K, E)``
+    :param tokens: codebook indices, ``(B, K)`` int64
+    """
+
+    z: torch.Tensor
+    z_quantized: torch.Tensor
+    tokens: torch.Tensor
+
+
+class TokenizerLosses(NamedTuple):
+    """Losses of one tokenizer update (all scalars); ``total`` is what the optimiser minimises."""
+
+    total: torch.Tensor
+    reconstruction: torch.Tensor
+    commitment: torch.Tensor
+    perceptual: torch.Tensor
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour vector quantisation with a straight-through estimator (no EMA), as in IRIS.
+
+    :param vocab_size: number of codebook entries
+    :param embed_dim: dimension of each codebook vector
+    :param beta: weight of the commitment term ``beta * ||z - sg(zq)||^2`` (IRIS: 1)
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int, beta: float = 1.0) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embed_dim = embed_dim
+        self.beta = beta
+        self.codebook = nn.Embedding(vocab_size, embed_dim)
+        # IRIS initialises the codebook with U(-1/V, 1/V).
+        nn.init.uniform_(self.codebook.weight, -1.0 / vocab_size, 1.0 / vocab_size)
+
+    def nearest_tokens(self, z: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest codebook vector for each vector of ``z`` (``(..., E)`` -> ``(...)``)."""
+        flat = z.reshape(-1, self.embed_dim).float()
+        codebook = self.codebook.weight.float()
+        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; ||z||^2 does not change the argmin.
+        distances = codebook.pow(2).sum(dim=1) - 2.0 * flat @ codebook.t()
+        return distances.argmin(dim=1).view(z.shape[:-1])
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Codebook vectors of ``tokens`` (``(...)`` -> ``(..., E)``)."""
+        return self.codebook(tokens)
+
+    def forward(self, z: torch.Tensor) -> TokenizerEncoding:
+        """Quantise ``z`` (``(B, K, E)``) with a straight-through gradient."""
+        tokens = self.nearest_tokens(z)
+        z_q = self.embed(tokens).to(z.dtype)
+        z_straight_through = z + (z_q - z).detach()
+        return TokenizerEncoding(z, z_straight_through, tokens)
+
+    def commitment_loss(self, encoding: TokenizerEncoding) -> torch.Tensor:
+        """``||sg(z) - zq||^2 + beta ||z - sg(zq)||^2`` (VQ-VAE codebook + commitment terms)."""
+        z_q = self.embed(encoding.tokens)
+        z = encoding.z.float()
+        return F.mse_loss(z_q, z.detach()) + self.beta * F.mse_loss(z, z_q.detach())
+
+
+def codebook_usage(tokens: torch.Tensor, vocab_size: int) -> tuple[float, float]:
+    """Fraction of codebook entries used by ``tokens`` and the perplexity of their distribution.
+
+    :param tokens: integer tokens of any shape
+    :param vocab_size: size of the codebook
+    :return: (fraction of codes used, perplexity ``exp(H)``)
+    """
+    counts = torch.bincount(tokens.reshape(-1).cpu(), minlength=vocab_size).float()
+    probs = counts / counts.sum().clamp(min=1.0)
+    entropy = -(probs * torch.log(probs.clamp(min=1e-12))).sum()
+    return float((counts > 0).float().mean()), float(entropy.exp())
+
+
+class Tokenizer(nn.Module):
+    """Common interface of the tokenizers.
+
+    Observations given to :meth:`encode` are *preprocessed* tensors (see :meth:`preprocess`);
+    :meth:`decode` returns tensors in the same preprocessed space.
+
+    :param vocab_size: codebook size
+    :param embed_dim: codebook vector dimension
+    :param tokens_per_obs: number of tokens per observation (K)
+    :param beta: commitment weight
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int, tokens_per_obs: int, beta: float = 1.0) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embed_dim = embed_dim
+        self.tokens_per_obs = tokens_per_obs
+        self.quantizer = VectorQuantizer(vocab_size, embed_dim, beta)
+
+    def preprocess(self, observations: torch.Tensor) -> torch.Tensor:
+        """Map raw observations (as stored in the replay) to the network's input space."""
+        raise NotImplementedError
+
+    def encode_continuous(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder: preprocessed observations ``(B, ...)`` -> ``(B, K, E)``."""
+        raise NotImplementedError
+
+    def decode(self, z_quantized: torch.Tensor) -> torch.Tensor:
+        """Decoder: ``(B, K, E)`` -> preprocessed observations ``(B, ...)``."""
+        raise NotImplementedError
+
+    def reconstruction_loss(self, x: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (pixel/feature reconstruction loss, perceptual loss)."""
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> TokenizerEncoding:
+        """Encode preprocessed observations into tokens.
+
+        :param x: preprocessed observations ``(B, ...)``
+        """
+        return self.quantizer(self.encode_continuous(x))
+
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Decode tokens ``(B, K)`` to preprocessed observations."""
+        return self.decode(self.quantizer.embed(tokens))
+
+    @torch.no_grad()
+    def tokenize(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, K)`` of preprocessed observations, without gradient."""
+        return self.quantizer.nearest_tokens(self.encode_continuous(x))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode then decode preprocessed observations without gradient (what the actor sees)."""
+        return self.decode_tokens(self.tokenize(x))
+
+    def compute_loss(self, x: torch.Tensor) -> tuple[TokenizerLosses, torch.Tensor]:
+        """Tokenizer training loss on a batch of preprocessed observations.
+
+        :param x: preprocessed observations ``(B, ...)``
+        :return: the losses and the tokens of the batch (for codebook statistics)
+        """
+        encoding = self.encode(x)
+        reconstruction = self.decode(encoding.z_quantized)
+        commitment = self.quantizer.commitment_loss(encoding)
+        reconstruction_loss, perceptual = self.reconstruction_loss(x, reconstruction)
+        total = reconstruction_loss + commitment + perceptual
+        return TokenizerLosses(total, reconstruction_loss, commitment, perceptual), encoding.tokens
+
+
+# --------------------------------------------------------------------------------------------------
+# Convolutional VQ autoencoder (images)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConvTokenizerConfig:
+    """Configuration of :class:`ConvTokenizer` (defaults: the published IRIS tokenizer).
+
+    :param resolution: input height = width
+    :param in_channels: image channels
+    :param base_channels: channels of the first level
+    :param channel_multipliers: one multiplier per resolution level; ``len - 1`` downsamplings
+    :param encoder_res_blocks: residual blocks per level in the encoder (decoder uses one more)
+    :param attention_resolutions: resolutions at which spatial self-attention follows each block
+    :param z_channels: channels of the encoder output before the 1x1 projection to ``embed_dim``
+    :param embed_dim: codebook vector dimension
+    :param vocab_size: codebook size
+    :param dropout: dropout in residual blocks
+    :param beta: commitment weight
+    :param l1_weight: weight of the L1 reconstruction term
+    :param l2_weight: weight of the L2 reconstruction term (0 in IRIS, used by Delta-IRIS)
+    :param perceptual_weight: weight of the LPIPS term (IRIS: 1; needs locally cached weights)
+    """
+
+    resolution: int = 64
+    in_channels: int = 3
+    base_channels: int = 64
+    channel_multipliers: tuple[int, ...] = (1, 1, 1, 1, 1)
+    encoder_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (8, 16)
+    z_channels: int = 512
+    embed_dim: int = 512
+    vocab_size: int = 512
+    dropout: float = 0.0
+    beta: float = 1.0
+    l1_weight: float = 1.0
+    l2_weight: float = 0.0
+    perceptual_weight: float = 0.0
+
+    @property
+    def latent_resolution(self) -> int:
+        return self.resolution // 2 ** (len(self.channel_multipliers) - 1)
+
+    @property
+    def tokens_per_obs(self) -> int:
+        return self.latent_resolution**2
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for impossible configurations."""
+        levels = len(self.channel_multipliers)
+        if levels < 1:
+            raise ValueError(f"channel_multipliers={self.channel_multipliers!r}: need at least one level")
+        if self.resolution < 1 or self.resolution % 2 ** (levels - 1) != 0:
+            raise ValueError(
+                f"resolution={self.resolution} must be divisible by 2**(levels-1)={2 ** (levels - 1)} "
+                f"(levels=len(channel_multipliers)={levels})"
+            )
+        if self.base_channels % 32 != 0 and self.base_channels % 8 != 0:
+            raise ValueError(f"base_channels={self.base_channels} must be a multiple of 8 (GroupNorm groups)")
+        for name in ("vocab_size", "embed_dim", "z_channels", "encoder_res_blocks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    groups = 32 if channels % 32 == 0 else 8
+    return nn.GroupNorm(groups, channels, eps=1e-6)
+
+
+class ResidualBlock(nn.Module):
+    """GroupNorm + swish + conv3x3, twice, with a (1x1 if needed) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = _group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = _group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.shortcut(x) + h
+
+
+class SpatialSelfAttention(nn.Module):
+    """Single-head self-attention over the pixels of a feature map (residual)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = _group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, 1, c, h * w).transpose(-1, -2).unbind(1)
+        out = F.scaled_dot_product_attention(q, k, v)  # (b, 1, hw, c)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class Downsample(nn.Module):
+    """Stride-2 conv3x3 with the asymmetric (0, 1, 0, 1) padding of the VQGAN family."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 upsampling followed by conv3x3."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _level_blocks(
+    in_channels: int, out_channels: int, n_blocks: int, with_attention: bool, dropout: float
+) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(n_blocks):
+        layers.append(ResidualBlock(in_channels if i == 0 else out_channels, out_channels, dropout))
+        if with_attention:
+            layers.append(SpatialSelfAttention(out_channels))
+    return nn.Sequential(*layers)
+
+
+def _middle_block(channels: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        ResidualBlock(channels, channels, dropout), SpatialSelfAttention(channels), ResidualBlock(channels, channels, dropout)
+    )
+
+
+class ConvEncoder(nn.Module):
+    """Image -> ``(B, z_channels, h, w)`` feature map (published layout: 64 -> 32 -> 16 -> 8 -> 4)."""
+
+    def __init__(self, config: ConvTokenizerConfig) -> None:
+        super().__init__()
+        ch = config.base_channels
+        self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
+        levels: list[nn.Module] = []
+        resolution = config.resolution
+        in_ch = ch
+        for level, multiplier in enumerate(config.channel_multipliers):
+            out_ch = ch * multiplier
+            blocks = _level_blocks(
+                in_ch, out_ch, config.encoder_res_blocks, resolution in config.attention_resolutions, config.dropout
+            )
+            if level != len(config.channel_multipliers) - 1:
+                blocks.append(Downsample(out_ch))
+                resolution //= 2
+            levels.append(blocks)
+            in_ch = out_ch
+        self.levels = nn.Sequential(*levels)
+        self.middle = _middle_block(in_ch, config.dropout)
+        self.norm_out = _group_norm(in_ch)
+        self.conv_out = nn.Conv2d(in_ch, config.z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.middle(self.levels(self.conv_in(x)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class ConvDecoder(nn.Module):
+    """``(B, z_channels, h, w)`` -> image; mirrors :class:`ConvEncoder` with one more block per level."""
+
+    def __init__(self, config: ConvTokenizerConfig) -> None:
+        super().__init__()
+        ch = config.base_channels
+        multipliers = config.channel_multipliers
+        in_ch = ch * multipliers[-1]
+        resolution = config.latent_resolution
+        self.conv_in = nn.Conv2d(config.z_channels, in_ch, 3, padding=1)
+        self.middle = _middle_block(in_ch, config.dropout)
+        levels: list[nn.Module] = []
+        for level in reversed(range(len(multipliers))):
+            out_ch = ch * multipliers[level]
+            blocks = _level_blocks(
+                in_ch, out_ch, config.encoder_res_blocks + 1, resolution in config.attention_resolutions, config.dropout
+            )
+            if level != 0:
+                blocks.append(Upsample(out_ch))
+                resolution *= 2
+            levels.append(blocks)
+            in_ch = out_ch
+        self.levels = nn.Sequential(*levels)
+        self.norm_out = _group_norm(in_ch)
+        self.conv_out = nn.Conv2d(in_ch, config.in_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.levels(self.middle(self.conv_in(z)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def load_local_lpips() -> nn.Module:
+    """Build an LPIPS(VGG16) module from weights already on this machine, never downloading.
+
+    :raises RuntimeError: if the ``lpips`` package or its VGG16 weights are not available locally
+    """
+    import os
+
+    try:
+        import lpips  # type: ignore[import-not-found]
+    except ImportError as error:
+        raise RuntimeError(
+            "perceptual_weight > 0 needs the 'lpips' package (pip install lpips) and its VGG16 weights cached "
+            "locally; set perceptual_weight=0 to train with L1 (+ L2) only"
+        ) from error
+    hub_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
+    cached = os.path.isdir(hub_dir) and any(name.startswith("vgg16") for name in os.listdir(hub_dir))
+    if not cached:
+        raise RuntimeError(
+            f"perceptual_weight > 0 needs the VGG16 weights in {hub_dir} (no download is attempted); "
+            "set perceptual_weight=0 to train with L1 (+ L2) only"
+        )
+    module = lpips.LPIPS(net="vgg", verbose=False).eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
+
+
+class ConvTokenizer(Tokenizer):
+    """VQ autoencoder for images: frames in [-1, 1] <-> ``latent_resolution**2`` tokens.
+
+    :param config: architecture and loss weights (defaults: the published IRIS tokenizer, about 4.0M parameters)
+    """
+
+    def __init__(self, config: Optional[ConvTokenizerConfig] = None) -> None:
+        config = config or ConvTokenizerConfig()
+        config.validate()
+        super().__init__(config.vocab_size, config.embed_dim, config.tokens_per_obs, config.beta)
+        self.config = config
+        self.encoder = ConvEncoder(config)
+        self.pre_quant = nn.Conv2d(config.z_channels, config.embed_dim, 1)
+        self.post_quant = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        self.decoder = ConvDecoder(config)
+        # Kept out of state_dict and parameters(): pretrained, frozen, optional.
+        self._lpips: list[nn.Module] = [load_local_lpips()] if config.perceptual_weight > 0 else []
+
+    def preprocess(self, observations: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, C, H, W)`` in [0, 255] -> float in [-1, 1]."""
+        return observations.float().div(127.5).sub(1.0)
+
+    @staticmethod
+    def to_uint8(x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images in [-1, 1] -> uint8 in [0, 255] (for display and logging)."""
+        return x.detach().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+
+    def encode_continuous(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.pre_quant(self.encoder(x))  # (B, E, h, w)
+        return z.flatten(2).transpose(1, 2)  # (B, h*w, E), tokens in raster order
+
+    def decode(self, z_quantized: torch.Tensor) -> torch.Tensor:
+        b, k, e = z_quantized.shape
+        side = self.config.latent_resolution
+        z = z_quantized.transpose(1, 2).reshape(b, e, side, side)
+        return self.decoder(self.post_quant(z))
+
+    def reconstruction_loss(self, x: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.config
+        reconstruction = reconstruction.float()
+        loss = config.l1_weight * (x - reconstruction).abs().mean()
+        if config.l2_weight > 0:
+            loss = loss + config.l2_weight * (x - reconstruction).pow(2).mean()
+        perceptual = torch.zeros((), device=x.device)
+        if self._lpips:
+            lpips_module = self._lpips[0].to(x.device)
+            perceptual = config.perceptual_weight * lpips_module(x, reconstruction).mean()
+        return loss, perceptual
+
+
+# --------------------------------------------------------------------------------------------------
+# MLP tokenizer (vector observations)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MlpTokenizerConfig:
+    """Configuration of :class:`MlpTokenizer`.
+
+    :param obs_dim: size of the observation vector
+    :param tokens_per_obs: number of tokens per observation (K)
+    :param hidden_sizes: hidden layer sizes of the encoder (the decoder mirrors them)
+    :param embed_dim: codebook vector dimension
+    :param vocab_size: codebook size
+    :param beta: commitment weight
+    :param l1_weight: weight of the L1 reconstruction term
+    :param l2_weight: weight of the L2 reconstruction term
+    :param obs_scale: per-feature scale applied before encoding (``x / obs_scale``); the decoder output is in
+        the scaled space. ``None`` keeps raw values.
+    """
+
+    obs_dim: int = 4
+    tokens_per_obs: int = 4
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    embed_dim: int = 64
+    vocab_size: int = 512
+    beta: float = 1.0
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    obs_scale: Optional[list[float]] = field(default=None)
+
+    def validate(self) -> None:
+        for name in ("obs_dim", "tokens_per_obs", "embed_dim", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.obs_scale is not None and len(self.obs_scale) != self.obs_dim:
+            raise ValueError(f"obs_scale has {len(self.obs_scale)} entries, expected obs_dim={self.obs_dim}")
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+class MlpTokenizer(Tokenizer):
+    """VQ autoencoder for 1-D vectors: MLP encoder -> K codebook vectors -> MLP decoder.
+
+    :param config: architecture and loss weights
+    """
+
+    def __init__(self, config: Optional[MlpTokenizerConfig] = None) -> None:
+        config = config or MlpTokenizerConfig()
+        config.validate()
+        super().__init__(config.vocab_size, config.embed_dim, config.tokens_per_obs, config.beta)
+        self.config = config
+        k, e = config.tokens_per_obs, config.embed_dim
+        self.encoder = _mlp([config.obs_dim, *config.hidden_sizes, k * e])
+        self.decoder = _mlp([k * e, *reversed(config.hidden_sizes), config.obs_dim])
+        scale = torch.ones(config.obs_dim) if config.obs_scale is None else torch.as_tensor(config.obs_scale).float()
+        self.register_buffer("obs_scale", scale, persistent=False)
+
+    def preprocess(self, observations: torch.Tensor) -> torch.Tensor:
+        return observations.float() / self.obs_scale
+
+    def encode_continuous(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x).view(x.shape[0], self.tokens_per_obs, self.embed_dim)
+
+    def decode(self, z_quantized: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z_quantized.reshape(z_quantized.shape[0], -1))
+
+    def reconstruction_loss(self, x: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.config
+        reconstruction = reconstruction.float()
+        loss = config.l1_weight * (x - reconstruction).abs().mean() + config.l2_weight * (x - reconstruction).pow(
+            2
+        ).mean()
+        return loss, torch.zeros((), device=x.device)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = [
+    "ConvTokenizer",
+    "ConvTokenizerConfig",
+    "MlpTokenizer",
+    "MlpTokenizerConfig",
+    "Tokenizer",
+    "TokenizerEncoding",
+    "TokenizerLosses",
+    "VectorQuantizer",
+    "codebook_usage",
+    "count_parameters",
+]
