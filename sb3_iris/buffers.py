@@ -1,0 +1,583 @@
+"""World-model-aware replay: episodes on a common time axis, segment sampling with padding masks,
+burn-in contexts and a per-epoch token cache.
+
+IRIS (Micheli et al., 2023) trains its world model on segments of consecutive steps sampled from
+stored episodes, padded with zeros (and a mask) where a segment runs past an episode edge. The
+buffer here keeps the data of a ``VecEnv`` as one array per field of shape ``(n_envs, capacity, ...)``
+(all envs are stepped together, so they share the time axis) and tracks where every episode starts
+and ends. Every stored step has an *absolute* time index (the number of ``add`` calls before it) that
+never changes, whatever growth or eviction happens: token-cache entries and burn-in contexts are
+addressed by ``(env_index, time_index)``.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+from gymnasium import spaces
+
+__all__ = ["EpisodeReplayBuffer", "SegmentBatch"]
+
+PADDINGS = ("both", "left", "right")
+
+
+@dataclass
+class SegmentBatch:
+    """
+    A batch of segments of consecutive steps, each inside one episode.
+
+    :param observations: ``(B, L, *obs_shape)``, dtype as stored (uint8 images, float32 vectors),
+        zeros where padded
+    :param actions: ``(B, L)`` int64, 0 where padded
+    :param rewards: ``(B, L)`` float32, 0 where padded
+    :param terminations: ``(B, L)`` bool, False where padded
+    :param truncations: ``(B, L)`` bool, False where padded
+    :param mask_padding: ``(B, L)`` bool, True for real steps
+    :param env_indices: ``(B, L)`` int64, env of each step (the segment's env, also where padded)
+    :param time_indices: ``(B, L)`` int64, absolute time index of each step, -1 where padded
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminations: np.ndarray
+    truncations: np.ndarray
+    mask_padding: np.ndarray
+    env_indices: np.ndarray
+    time_indices: np.ndarray
+
+
+def _storage_dtype(observation_space: spaces.Space) -> np.dtype:
+    """
+    The dtype observations are stored with: uint8 for uint8 ``Box`` spaces of any rank (images),
+    float32 for 1-D floating-point ``Box`` spaces (vectors).
+
+    :param observation_space: the environment's observation space
+    :return: the storage dtype
+    """
+    if not isinstance(observation_space, spaces.Box):
+        raise TypeError(
+            f"EpisodeReplayBuffer needs a gymnasium.spaces.Box observation space (uint8 images or 1-D float "
+            f"vectors), got observation_space={observation_space!r}"
+        )
+    if observation_space.dtype == np.uint8:
+        return np.dtype(np.uint8)
+    if np.issubdtype(observation_space.dtype, np.floating) and len(observation_space.shape) == 1:
+        return np.dtype(np.float32)
+    raise ValueError(
+        f"EpisodeReplayBuffer supports uint8 Box spaces (images) and 1-D float Box spaces (vectors), got "
+        f"observation_space={observation_space!r}"
+    )
+
+
+def _check_positive(name: str, value: int) -> int:
+    """
+    :param name: the argument's name, for the error message
+    :param value: the value received
+    :return: ``value`` as an int, if it is > 0
+    """
+    if int(value) != value or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
+    return int(value)
+
+
+class EpisodeReplayBuffer:
+    """
+    Replay buffer that stores whole episodes of a ``VecEnv`` and samples frames or padded segments,
+    as the IRIS world model and actor-critic need them.
+
+    Storage is a ring over a common time axis, ``(n_envs, capacity, ...)`` per field, that starts at
+    ``initial_capacity`` steps and grows by 1.5x (``np.empty`` + copy of the live steps only), so a
+    large ``buffer_size`` costs nothing until it is filled. Images are kept as uint8, vectors as
+    float32.
+
+    Eviction: when the stored steps exceed ``buffer_size`` or the bytes exceed ``memory_budget_bytes``
+    after an ``add``, the oldest data is dropped as a time prefix that ends at the end of the oldest
+    completed episode(s), repeated until the limits hold. With ``n_envs=1`` that is whole-episode
+    eviction, as in the reference; with several envs, an episode of another env that straddles the cut
+    keeps only its steps after the cut. When no completed episode can be dropped without emptying the
+    buffer (a single ongoing episode longer than the limit), the oldest steps are dropped instead and
+    the episode is truncated at the front. Dropping is O(1) (the ring's head moves); absolute time
+    indices are unchanged.
+
+    :param observation_space: a ``Box`` space: uint8 images of any rank or 1-D float vectors
+    :param n_envs: number of parallel environments (steps are added for all of them at once)
+    :param buffer_size: maximum number of stored steps, summed over envs (None: no limit)
+    :param memory_budget_bytes: maximum ``nbytes`` of stored data (None: no limit)
+    :param initial_capacity: number of time steps allocated at first; storage grows as needed
+    :param seed: seed of the buffer's own ``np.random.Generator``
+    """
+
+    growth_factor = 1.5
+
+    def __init__(
+        self,
+        observation_space: spaces.Box,
+        n_envs: int = 1,
+        buffer_size: Optional[int] = None,
+        memory_budget_bytes: Optional[int] = None,
+        initial_capacity: int = 1024,
+        seed: Optional[int] = None,
+    ) -> None:
+        self._obs_dtype = _storage_dtype(observation_space)
+        self.observation_space = observation_space
+        self.obs_shape: Tuple[int, ...] = tuple(int(d) for d in observation_space.shape)
+        self.n_envs = _check_positive("n_envs", n_envs)
+        self.buffer_size = None if buffer_size is None else _check_positive("buffer_size", buffer_size)
+        self.memory_budget_bytes = (
+            None if memory_budget_bytes is None else _check_positive("memory_budget_bytes", memory_budget_bytes)
+        )
+        self.initial_capacity = _check_positive("initial_capacity", initial_capacity)
+
+        # Token cache, allocated on first store: an entry is valid iff its version is the current one.
+        self._tokens_per_frame: Optional[int] = None
+        self._tokens: Optional[np.ndarray] = None
+        self._token_versions: Optional[np.ndarray] = None
+        self._token_version = 0
+
+        if self.buffer_size is not None and self.buffer_size < self.n_envs:
+            raise ValueError(
+                f"buffer_size must hold at least one step per env (>= n_envs={self.n_envs}), got "
+                f"buffer_size={self.buffer_size}"
+            )
+        if self.memory_budget_bytes is not None and self.memory_budget_bytes < self._bytes_per_time_step():
+            raise ValueError(
+                f"memory_budget_bytes must hold at least one step per env (>= {self._bytes_per_time_step()} bytes), "
+                f"got memory_budget_bytes={self.memory_budget_bytes}"
+            )
+        self.rng = np.random.default_rng(seed)
+
+        # Ring storage: the live time steps are [_offset, _end) in absolute time, at ring positions
+        # (_head + t - _offset) % _capacity.
+        self._capacity = 0
+        self._head = 0
+        self._offset = 0
+        self._end = 0
+        self._observations = np.empty((self.n_envs, 0, *self.obs_shape), dtype=self._obs_dtype)
+        self._actions = np.empty((self.n_envs, 0), dtype=np.int64)
+        self._rewards = np.empty((self.n_envs, 0), dtype=np.float32)
+        self._terminations = np.empty((self.n_envs, 0), dtype=bool)
+        self._truncations = np.empty((self.n_envs, 0), dtype=bool)
+
+        # Completed episodes as rows (env, start, end) in absolute time, appended in order of their
+        # end, live rows are [_episodes_head, _episodes_count). Starts before _offset are clipped when read.
+        self._episodes = np.empty((16, 3), dtype=np.int64)
+        self._episodes_head = 0
+        self._episodes_count = 0
+        self._ongoing_starts = np.zeros(self.n_envs, dtype=np.int64)
+
+    # ------------------------------------------------------------------ sizes
+
+    def size(self) -> int:
+        """
+        :return: number of stored time steps per env (SB3's ``BaseBuffer.size()`` convention);
+            ``n_steps == size() * n_envs``
+        """
+        return self._end - self._offset
+
+    @property
+    def n_steps(self) -> int:
+        """Number of stored steps, summed over envs."""
+        return self.size() * self.n_envs
+
+    @property
+    def n_episodes(self) -> int:
+        """Number of stored episodes (fully or partly), including ongoing episodes with at least one step."""
+        return (self._episodes_count - self._episodes_head) + int(np.count_nonzero(self._ongoing_lengths() > 0))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of stored data in use (live steps of every field, and of the token cache once allocated)."""
+        return self.size() * self._bytes_per_time_step()
+
+    @property
+    def time_range(self) -> Tuple[int, int]:
+        """The absolute time indices ``[first, end)`` currently stored (the same for every env)."""
+        return self._offset, self._end
+
+    def _bytes_per_time_step(self) -> int:
+        per_step = int(np.prod(self.obs_shape, dtype=np.int64)) * self._obs_dtype.itemsize + 8 + 4 + 1 + 1
+        if self._tokens is not None:
+            per_step += self._tokens.itemsize * self._tokens.shape[-1] + self._token_versions.itemsize
+        return per_step * self.n_envs
+
+    def _max_time_steps(self) -> Optional[int]:
+        """The largest ``size()`` allowed by ``buffer_size`` and ``memory_budget_bytes`` (None: unbounded)."""
+        limits = []
+        if self.buffer_size is not None:
+            limits.append(self.buffer_size // self.n_envs)
+        if self.memory_budget_bytes is not None:
+            limits.append(self.memory_budget_bytes // self._bytes_per_time_step())
+        return max(1, min(limits)) if limits else None
+
+    # ------------------------------------------------------------------ adding
+
+    def add(
+        self,
+        observations: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        terminations: np.ndarray,
+        truncations: np.ndarray,
+    ) -> None:
+        """
+        Store one ``VecEnv`` step for every env. An episode ends at a step whose termination or
+        truncation is True; the next ``add`` starts a new episode for that env.
+
+        :param observations: ``(n_envs, *obs_shape)``, the observations the actions were taken in
+        :param actions: ``(n_envs,)`` discrete actions
+        :param rewards: ``(n_envs,)`` rewards received for the actions
+        :param terminations: ``(n_envs,)`` True where the episode terminated at this step
+        :param truncations: ``(n_envs,)`` True where the episode was truncated (time limit) at this step
+        """
+        observations = np.asarray(observations)
+        expected = (self.n_envs, *self.obs_shape)
+        if observations.shape != expected:
+            raise ValueError(
+                f"observations must have shape (n_envs, *obs_shape) = {expected}, got shape {observations.shape}"
+            )
+        actions = self._per_env("actions", actions)
+        rewards = self._per_env("rewards", rewards)
+        terminations = self._per_env("terminations", terminations).astype(bool)
+        truncations = self._per_env("truncations", truncations).astype(bool)
+
+        if self.size() == self._capacity:
+            self._grow()
+        position = (self._head + self.size()) % self._capacity
+        self._observations[:, position] = observations
+        self._actions[:, position] = actions
+        self._rewards[:, position] = rewards
+        self._terminations[:, position] = terminations
+        self._truncations[:, position] = truncations
+        if self._token_versions is not None:
+            self._token_versions[:, position] = -1
+        self._end += 1
+
+        for env_index in np.flatnonzero(terminations | truncations):
+            self._append_episode(int(env_index), int(self._ongoing_starts[env_index]), self._end)
+            self._ongoing_starts[env_index] = self._end
+        self._evict()
+
+    def close_ongoing_episodes(self) -> None:
+        """End every env's unfinished episode here (marked truncated at its last stored step).
+
+        Called when the envs are reset outside the normal flow (a new ``learn()``, a loaded buffer), so that
+        the next ``add`` starts new episodes instead of joining the old ones.
+        """
+        if self._capacity == 0:
+            return
+        last_position = (self._head + self.size() - 1) % self._capacity
+        for env_index in np.flatnonzero(self._ongoing_lengths() > 0):
+            self._truncations[env_index, last_position] = True
+            self._append_episode(int(env_index), int(self._ongoing_starts[env_index]), self._end)
+            self._ongoing_starts[env_index] = self._end
+
+    @property
+    def observation_dtype(self) -> np.dtype:
+        """dtype of the stored observations (uint8 images, float32 vectors)."""
+        return self._obs_dtype
+
+    def _per_env(self, name: str, values: Any) -> np.ndarray:
+        values = np.asarray(values)
+        if values.size != self.n_envs or values.ndim > 2:
+            raise ValueError(f"{name} must have shape (n_envs,) = ({self.n_envs},), got shape {values.shape}")
+        return values.reshape(self.n_envs)
+
+    def _grow(self) -> None:
+        """Reallocate the ring with more capacity (at most what the limits can use), live steps first."""
+        size = self.size()
+        new_capacity = max(self.initial_capacity, math.ceil(self._capacity * self.growth_factor))
+        max_steps = self._max_time_steps()
+        if max_steps is not None:
+            # An add may exceed the limit by one step before eviction.
+            new_capacity = min(new_capacity, max_steps + 1)
+        new_capacity = max(new_capacity, size + 1)
+        for name in ("_observations", "_actions", "_rewards", "_terminations", "_truncations", "_tokens"):
+            old = getattr(self, name)
+            if old is not None:
+                new = np.empty((self.n_envs, new_capacity, *old.shape[2:]), dtype=old.dtype)
+                self._copy_live(old, new)
+                setattr(self, name, new)
+        if self._token_versions is not None:
+            versions = np.full((self.n_envs, new_capacity), -1, dtype=np.int64)
+            self._copy_live(self._token_versions, versions)
+            self._token_versions = versions
+        self._capacity = new_capacity
+        self._head = 0
+
+    def _copy_live(self, source: np.ndarray, target: np.ndarray) -> None:
+        """Copy the live steps of a ring array to the front of ``target``, oldest first."""
+        size = self.size()
+        first = min(size, self._capacity - self._head)
+        target[:, :first] = source[:, self._head : self._head + first]
+        target[:, first:size] = source[:, : size - first]
+
+    def _append_episode(self, env_index: int, start: int, end: int) -> None:
+        if self._episodes_count == len(self._episodes):
+            live = self._episodes[self._episodes_head : self._episodes_count]
+            episodes = np.empty((max(16, 2 * len(live)), 3), dtype=np.int64)
+            episodes[: len(live)] = live
+            self._episodes, self._episodes_head, self._episodes_count = episodes, 0, len(live)
+        self._episodes[self._episodes_count] = (env_index, start, end)
+        self._episodes_count += 1
+
+    def _evict(self) -> None:
+        """Drop the oldest time prefix until ``buffer_size`` and ``memory_budget_bytes`` hold."""
+        max_steps = self._max_time_steps()
+        if max_steps is None or self.size() <= max_steps:
+            return
+        required_offset = self._end - max_steps
+        ends = self._episodes[self._episodes_head : self._episodes_count, 2]
+        # Cutting at the ends of the oldest completed episodes one after the other stops at the first
+        # end that satisfies the limit; unless that would empty the buffer, then cut exactly.
+        index = int(np.searchsorted(ends, required_offset, side="left"))
+        if index < len(ends) and ends[index] < self._end:
+            new_offset = int(ends[index])
+        else:
+            new_offset = required_offset
+        self._head = (self._head + new_offset - self._offset) % self._capacity
+        self._offset = new_offset
+        self._episodes_head += int(np.searchsorted(ends, new_offset, side="right"))
+
+    # ------------------------------------------------------------------ episodes and indexing
+
+    def _ongoing_lengths(self) -> np.ndarray:
+        return self._end - np.maximum(self._ongoing_starts, self._offset)
+
+    def _episode_table(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        :return: ``(env_indices, starts, ends)`` of every sampleable episode (completed ones first,
+            then non-empty ongoing ones), starts clipped to the first stored step
+        """
+        completed = self._episodes[self._episodes_head : self._episodes_count]
+        ongoing_envs = np.flatnonzero(self._ongoing_lengths() > 0)
+        envs = np.concatenate([completed[:, 0], ongoing_envs])
+        starts = np.maximum(np.concatenate([completed[:, 1], self._ongoing_starts[ongoing_envs]]), self._offset)
+        ends = np.concatenate([completed[:, 2], np.full(len(ongoing_envs), self._end, dtype=np.int64)])
+        return envs, starts, ends
+
+    def _sample_episodes(self, batch_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """
+        Sample episodes uniformly, then a time uniformly inside each.
+
+        :return: ``(env_indices, starts, ends, times)``, each ``(batch_size,)``
+        """
+        batch_size = _check_positive("batch_size", batch_size)
+        if self.size() == 0:
+            raise ValueError(
+                f"cannot sample from an empty EpisodeReplayBuffer (n_steps={self.n_steps}): call add() first"
+            )
+        envs, starts, ends = self._episode_table()
+        chosen = self.rng.integers(0, len(envs), size=batch_size)
+        envs, starts, ends = envs[chosen], starts[chosen], ends[chosen]
+        times = starts + self.rng.integers(0, ends - starts)
+        return envs, starts, ends, times
+
+    def _positions(self, time_indices: np.ndarray) -> np.ndarray:
+        """Ring positions of absolute time indices (which must be stored)."""
+        return (self._head + time_indices - self._offset) % max(self._capacity, 1)
+
+    def _stored(self, env_indices: np.ndarray, time_indices: np.ndarray) -> np.ndarray:
+        """Mask of ``(env, time)`` pairs that are currently stored."""
+        return (
+            (env_indices >= 0)
+            & (env_indices < self.n_envs)
+            & (time_indices >= self._offset)
+            & (time_indices < self._end)
+        )
+
+    def _check_stored(self, env_indices: np.ndarray, time_indices: np.ndarray) -> None:
+        stored = self._stored(env_indices, time_indices)
+        if not stored.all():
+            bad = np.flatnonzero(~stored.ravel())[0]
+            raise IndexError(
+                f"(env_index, time_index)=({env_indices.ravel()[bad]}, {time_indices.ravel()[bad]}) is not stored: "
+                f"env indices must be in [0, {self.n_envs}) and time indices in [{self._offset}, {self._end})"
+            )
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample_frames(self, batch_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        Sample single frames: an episode uniformly, then a time uniformly inside it.
+
+        :param batch_size: number of frames
+        :return: ``(frames (B, *obs_shape), env_indices (B,), time_indices (B,))``
+        """
+        envs, _, _, times = self._sample_episodes(batch_size)
+        return self._observations[envs, self._positions(times)], envs, times
+
+    def sample_segments(self, batch_size: int, sequence_length: int, padding: str = "both") -> SegmentBatch:
+        """
+        Sample segments of consecutive steps inside episodes, as the IRIS reference does: an episode
+        uniformly, then a time ``t`` uniformly inside it, then a segment around ``t`` that is padded
+        (zeros, ``mask_padding`` False) where it runs past the episode's edges.
+
+        :param batch_size: number of segments
+        :param sequence_length: steps per segment
+        :param padding: ``"both"``: with probability 0.5 the segment starts at ``t`` (right-padded),
+            else it ends at ``t`` (left-padded); ``"left"``: it always ends at ``t``, so its last step
+            is always real (burn-in contexts); ``"right"``: it always starts at ``t``
+        :return: the batch of segments
+        """
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got padding={padding!r}")
+        sequence_length = _check_positive("sequence_length", sequence_length)
+        envs, starts, ends, times = self._sample_episodes(batch_size)
+        if padding == "both":
+            from_t = self.rng.random(len(times)) < 0.5
+        else:
+            from_t = np.full(len(times), padding == "right")
+        first = np.where(from_t, times, times - sequence_length + 1)
+        time_indices = first[:, None] + np.arange(sequence_length)
+        mask = (time_indices >= starts[:, None]) & (time_indices < ends[:, None])
+        time_indices = np.where(mask, time_indices, -1)
+        env_indices = np.broadcast_to(envs[:, None], mask.shape).copy()
+        positions = self._positions(np.where(mask, time_indices, times[:, None]))
+
+        batch = SegmentBatch(
+            observations=self._observations[env_indices, positions],
+            actions=self._actions[env_indices, positions],
+            rewards=self._rewards[env_indices, positions],
+            terminations=self._terminations[env_indices, positions],
+            truncations=self._truncations[env_indices, positions],
+            mask_padding=mask,
+            env_indices=env_indices,
+            time_indices=time_indices,
+        )
+        padded = ~mask
+        if padded.any():
+            for values in (batch.observations, batch.actions, batch.rewards, batch.terminations, batch.truncations):
+                values[padded] = 0
+        return batch
+
+    def episode_tail(self, env_index: int, n: int) -> np.ndarray:
+        """
+        The last observations of an env's ongoing episode, e.g. to burn in an LSTM state.
+
+        :param env_index: the env
+        :param n: maximum number of observations
+        :return: ``(k, *obs_shape)`` with ``k = min(n, stored steps of the ongoing episode)``; 0 rows
+            right after an episode ended
+        """
+        if not 0 <= env_index < self.n_envs:
+            raise ValueError(f"env_index must be in [0, {self.n_envs}), got env_index={env_index}")
+        if int(n) != n or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got n={n!r}")
+        length = min(int(n), int(self._ongoing_lengths()[env_index]))
+        times = np.arange(self._end - length, self._end)
+        return self._observations[env_index, self._positions(times)]
+
+    def observations_at(self, env_indices: np.ndarray, time_indices: np.ndarray) -> np.ndarray:
+        """
+        Gather stored observations by absolute index.
+
+        :param env_indices: env of each observation (any shape, broadcast with ``time_indices``)
+        :param time_indices: absolute time index of each observation
+        :return: ``(*shape, *obs_shape)``
+        """
+        env_indices, time_indices = np.broadcast_arrays(np.asarray(env_indices), np.asarray(time_indices))
+        self._check_stored(env_indices, time_indices)
+        return self._observations[env_indices, self._positions(time_indices)]
+
+    # ------------------------------------------------------------------ token cache
+
+    def enable_token_cache(self, tokens_per_frame: int) -> None:
+        """
+        Enable a cache of tokenizer outputs per stored step (allocated on first store, aligned with the
+        storage and grown with it). Calling it again with another ``tokens_per_frame`` drops the cache.
+
+        :param tokens_per_frame: number of integer tokens per observation (e.g. 16 for a 4x4 latent grid)
+        """
+        tokens_per_frame = _check_positive("tokens_per_frame", tokens_per_frame)
+        if tokens_per_frame != self._tokens_per_frame:
+            self._tokens_per_frame = tokens_per_frame
+            self._tokens = None
+            self._token_versions = None
+
+    def invalidate_token_cache(self) -> None:
+        """Mark every cached entry stale (O(1)), e.g. after the tokenizer was trained."""
+        self._token_version += 1
+
+    def _require_token_cache(self) -> int:
+        if self._tokens_per_frame is None:
+            raise RuntimeError("the token cache is not enabled: call enable_token_cache(tokens_per_frame) first")
+        return self._tokens_per_frame
+
+    def cached_tokens(self, env_indices: np.ndarray, time_indices: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """
+        Look up cached tokens. Entries never stored, stored before the last invalidation, or not in the
+        buffer (padding, evicted) are invalid.
+
+        :param env_indices: env of each entry (any shape, broadcast with ``time_indices``)
+        :param time_indices: absolute time index of each entry
+        :return: ``(tokens (*shape, K) int64, zeros where invalid; valid (*shape) bool)``
+        """
+        tokens_per_frame = self._require_token_cache()
+        env_indices, time_indices = np.broadcast_arrays(np.asarray(env_indices), np.asarray(time_indices))
+        if self._tokens is None:
+            return np.zeros((*env_indices.shape, tokens_per_frame), dtype=np.int64), np.zeros(env_indices.shape, bool)
+        stored = self._stored(env_indices, time_indices)
+        safe_envs = np.where(stored, env_indices, 0)
+        positions = np.where(stored, self._positions(time_indices), 0)
+        valid = stored & (self._token_versions[safe_envs, positions] == self._token_version)
+        tokens = self._tokens[safe_envs, positions]
+        tokens[~valid] = 0
+        return tokens, valid
+
+    def store_tokens(self, env_indices: np.ndarray, time_indices: np.ndarray, tokens: np.ndarray) -> None:
+        """
+        Cache tokens of stored steps. Entries with a negative time index (padding of a
+        :class:`SegmentBatch`) are skipped.
+
+        :param env_indices: env of each entry (any shape, broadcast with ``time_indices``)
+        :param time_indices: absolute time index of each entry
+        :param tokens: ``(*shape, K)`` integer tokens
+        """
+        tokens_per_frame = self._require_token_cache()
+        env_indices, time_indices = np.broadcast_arrays(np.asarray(env_indices), np.asarray(time_indices))
+        tokens = np.asarray(tokens)
+        if tokens.shape != (*env_indices.shape, tokens_per_frame):
+            raise ValueError(
+                f"tokens must have shape {(*env_indices.shape, tokens_per_frame)} (indices shape + tokens_per_frame), "
+                f"got shape {tokens.shape}"
+            )
+        keep = time_indices >= 0
+        env_indices, time_indices, tokens = env_indices[keep], time_indices[keep], tokens[keep]
+        self._check_stored(env_indices, time_indices)
+        if self._tokens is None:
+            capacity = self._capacity
+            self._tokens = np.zeros((self.n_envs, capacity, tokens_per_frame), dtype=np.int64)
+            self._token_versions = np.full((self.n_envs, capacity), -1, dtype=np.int64)
+        positions = self._positions(time_indices)
+        self._tokens[env_indices, positions] = tokens
+        self._token_versions[env_indices, positions] = self._token_version
+
+    # ------------------------------------------------------------------ pickling
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """Compact state for pickling: live steps only, oldest first, without the token cache."""
+        state = self.__dict__.copy()
+        size = self.size()
+        for name in ("_observations", "_actions", "_rewards", "_terminations", "_truncations"):
+            old = state[name]
+            if self._head + size <= self._capacity:
+                state[name] = old[:, self._head : self._head + size]
+            else:
+                state[name] = np.empty((self.n_envs, size, *old.shape[2:]), dtype=old.dtype)
+                self._copy_live(old, state[name])
+        state["_capacity"] = size
+        state["_head"] = 0
+        state["_episodes"] = self._episodes[self._episodes_head : self._episodes_count].copy()
+        state["_episodes_head"] = 0
+        state["_episodes_count"] = len(state["_episodes"])
+        state["_tokens"] = None
+        state["_token_versions"] = None
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        for name in ("_observations", "_actions", "_rewards", "_terminations", "_truncations"):
+            # Sliced views were pickled as copies; make sure the arrays own contiguous memory.
+            setattr(self, name, np.ascontiguousarray(getattr(self, name)))

@@ -1,0 +1,636 @@
+"""IRIS as a Stable-Baselines3 algorithm.
+
+``learn()`` runs the IRIS schedule in epochs: collect ``n_steps_per_epoch`` real transitions, then
+train the tokenizer, the world model and the actor-critic (in imagination), each after its warm-up.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, ClassVar, Optional, TypeVar, Union
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import safe_mean
+from stable_baselines3.common.vec_env import VecEnv
+
+from sb3_iris.buffers import EpisodeReplayBuffer
+from sb3_iris.imagination import imagine_rollouts
+from sb3_iris.nn.actor_critic import LSTMState, actor_critic_loss, compute_lambda_returns
+from sb3_iris.nn.tokenizer import codebook_usage
+from sb3_iris.policies import CnnPolicy, IrisPolicy, MlpPolicy
+
+SelfIRIS = TypeVar("SelfIRIS", bound="IRIS")
+
+# Frames tokenized per tokenizer call when filling world-model / imagination batches (bounds memory).
+TOKENIZE_CHUNK = 512
+
+
+class IRIS(BaseAlgorithm):
+    """IRIS: Transformers are Sample-Efficient World Models (Micheli et al., ICLR 2023).
+
+    Paper: https://arxiv.org/abs/2209.00588. Defaults are the published Atari 100k configuration.
+
+    :param policy: ``"CnnPolicy"`` (images), ``"MlpPolicy"`` (1-D vectors) or an :class:`IrisPolicy` subclass
+    :param env: environment (Gymnasium env, VecEnv or registered id); only ``Discrete`` actions
+    :param learning_rate: learning rate of the three optimisers, constant or schedule (1e-4)
+    :param n_steps_per_epoch: real transitions collected per epoch, summed over envs, rounded up to a multiple
+        of ``n_envs`` (200)
+    :param tokenizer_updates_per_epoch: tokenizer gradient steps per epoch (200)
+    :param world_model_updates_per_epoch: world-model gradient steps per epoch (200)
+    :param actor_critic_updates_per_epoch: actor-critic gradient steps per epoch (200)
+    :param tokenizer_batch_size: frames per tokenizer step (256)
+    :param world_model_batch_size: segments per world-model step (64)
+    :param actor_critic_batch_size: imagined trajectories per actor-critic step (64)
+    :param tokenizer_start_after_epochs: the tokenizer trains from epoch ``this + 1`` (5)
+    :param world_model_start_after_epochs: the world model trains from epoch ``this + 1`` (25)
+    :param actor_critic_start_after_epochs: the actor-critic trains from epoch ``this + 1`` (50)
+    :param sequence_length: steps per world-model segment; must not exceed the world model's ``max_blocks`` (20)
+    :param imagination_horizon: imagined steps per trajectory H (20)
+    :param burn_in: real frames fed to the actor's LSTM before imagining, and re-fed at each collection start (20)
+    :param gamma: discount (0.995)
+    :param gae_lambda: lambda of the lambda-returns (0.95)
+    :param ent_coef: entropy weight of the actor loss (0.001)
+    :param max_grad_norm: gradient-norm clip of the three optimisers (10)
+    :param collect_epsilon: probability of a uniformly random action during collection (0.01)
+    :param collect_temperature: policy temperature during collection (1.0)
+    :param imagination_temperature: sampling temperature of the world model's observation tokens (1.0)
+    :param final_training_epochs: training-only epochs after the last collection of a ``learn()`` call (100: the
+        published schedule collects for 500 epochs and trains for 600; use 0 for the SB3 habit of stopping when
+        ``total_timesteps`` is reached)
+    :param buffer_size: maximum number of stored transitions (None: keep everything, as IRIS does)
+    :param replay_memory_budget_gb: evict the oldest episodes once the replay data exceeds this many GB (None: no limit)
+    :param use_token_cache: cache the frozen tokenizer's tokens per replay frame within an epoch (same results,
+        much faster); False recomputes them for every batch
+    :param stats_window_size: window for the rollout episode statistics
+    :param tensorboard_log: TensorBoard log folder (None: no logging)
+    :param policy_kwargs: keyword arguments of the policy (``tokenizer_kwargs``, ``world_model_kwargs``,
+        ``actor_critic_kwargs``, ``world_model_weight_decay``, ``optimizer_kwargs``)
+    :param verbose: 0 no output, 1 info (losses at each log), 2 debug
+    :param seed: random seed
+    :param device: ``"cpu"``, ``"cuda"`` or ``"auto"``
+    :param _init_setup_model: build the networks at construction (False when loading)
+    """
+
+    policy_aliases: ClassVar[dict[str, type[IrisPolicy]]] = {"CnnPolicy": CnnPolicy, "MlpPolicy": MlpPolicy}
+    policy: IrisPolicy
+    replay_buffer: EpisodeReplayBuffer
+
+    def __init__(
+        self,
+        policy: Union[str, type[IrisPolicy]],
+        env: Union[GymEnv, str, None],
+        learning_rate: Union[float, Schedule] = 1e-4,
+        n_steps_per_epoch: int = 200,
+        tokenizer_updates_per_epoch: int = 200,
+        world_model_updates_per_epoch: int = 200,
+        actor_critic_updates_per_epoch: int = 200,
+        tokenizer_batch_size: int = 256,
+        world_model_batch_size: int = 64,
+        actor_critic_batch_size: int = 64,
+        tokenizer_start_after_epochs: int = 5,
+        world_model_start_after_epochs: int = 25,
+        actor_critic_start_after_epochs: int = 50,
+        sequence_length: int = 20,
+        imagination_horizon: int = 20,
+        burn_in: int = 20,
+        gamma: float = 0.995,
+        gae_lambda: float = 0.95,
+        ent_coef: float = 0.001,
+        max_grad_norm: float = 10.0,
+        collect_epsilon: float = 0.01,
+        collect_temperature: float = 1.0,
+        imagination_temperature: float = 1.0,
+        final_training_epochs: int = 100,
+        buffer_size: Optional[int] = None,
+        replay_memory_budget_gb: Optional[float] = None,
+        use_token_cache: bool = True,
+        stats_window_size: int = 100,
+        tensorboard_log: Optional[str] = None,
+        policy_kwargs: Optional[dict[str, Any]] = None,
+        verbose: int = 0,
+        seed: Optional[int] = None,
+        device: Union[torch.device, str] = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        if env is not None and not isinstance(env, str):
+            _check_env_spaces(env)
+        super().__init__(
+            policy=policy,
+            env=env,
+            learning_rate=learning_rate,
+            policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            support_multi_env=True,
+            monitor_wrapper=True,
+            seed=seed,
+            supported_action_spaces=None,
+        )
+        if self.env is not None:
+            _check_env_spaces(self.env)
+        self.n_steps_per_epoch = n_steps_per_epoch
+        self.tokenizer_updates_per_epoch = tokenizer_updates_per_epoch
+        self.world_model_updates_per_epoch = world_model_updates_per_epoch
+        self.actor_critic_updates_per_epoch = actor_critic_updates_per_epoch
+        self.tokenizer_batch_size = tokenizer_batch_size
+        self.world_model_batch_size = world_model_batch_size
+        self.actor_critic_batch_size = actor_critic_batch_size
+        self.tokenizer_start_after_epochs = tokenizer_start_after_epochs
+        self.world_model_start_after_epochs = world_model_start_after_epochs
+        self.actor_critic_start_after_epochs = actor_critic_start_after_epochs
+        self.sequence_length = sequence_length
+        self.imagination_horizon = imagination_horizon
+        self.burn_in = burn_in
+        self.gamma = gamma
+        self.gae_lambda = gae_lambda
+        self.ent_coef = ent_coef
+        self.max_grad_norm = max_grad_norm
+        self.collect_epsilon = collect_epsilon
+        self.collect_temperature = collect_temperature
+        self.imagination_temperature = imagination_temperature
+        self.final_training_epochs = final_training_epochs
+        self.buffer_size = buffer_size
+        self.replay_memory_budget_gb = replay_memory_budget_gb
+        self.use_token_cache = use_token_cache
+        self._n_epochs = 0
+        self._collection_state: Optional[LSTMState] = None
+        self._validate_hyperparameters()
+        if _init_setup_model:
+            self._setup_model()
+
+    # ----------------------------------------------------------------------------------------------
+    # Setup
+    # ----------------------------------------------------------------------------------------------
+
+    def _validate_hyperparameters(self) -> None:
+        positive = (
+            "n_steps_per_epoch",
+            "tokenizer_batch_size",
+            "world_model_batch_size",
+            "actor_critic_batch_size",
+            "sequence_length",
+            "imagination_horizon",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        non_negative = (
+            "tokenizer_updates_per_epoch",
+            "world_model_updates_per_epoch",
+            "actor_critic_updates_per_epoch",
+            "burn_in",
+            "final_training_epochs",
+        )
+        for name in non_negative:
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name}={value!r} must be an integer >= 0")
+        if self.imagination_horizon < 2:
+            raise ValueError(f"imagination_horizon={self.imagination_horizon} must be >= 2 (the loss uses H - 1 steps)")
+        for name in ("gamma", "gae_lambda", "collect_epsilon"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value} must be in [0, 1]")
+        for name in ("collect_temperature", "imagination_temperature", "max_grad_norm"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be > 0")
+        if self.buffer_size is not None and self.buffer_size < 1:
+            raise ValueError(f"buffer_size={self.buffer_size} must be >= 1 or None")
+        if self.replay_memory_budget_gb is not None and self.replay_memory_budget_gb <= 0:
+            raise ValueError(f"replay_memory_budget_gb={self.replay_memory_budget_gb} must be > 0 or None")
+
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        _check_observation_space(self.observation_space)
+        self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs)
+        self.policy = self.policy.to(self.device)
+        max_blocks = self.policy.world_model.config.max_blocks
+        if self.sequence_length > max_blocks:
+            raise ValueError(
+                f"sequence_length={self.sequence_length} exceeds the world model's context "
+                f"(world_model_kwargs max_blocks={max_blocks})"
+            )
+        self.replay_buffer = self._make_replay_buffer()
+        self._collection_state = None
+
+    def _make_replay_buffer(self) -> EpisodeReplayBuffer:
+        budget = None if self.replay_memory_budget_gb is None else int(self.replay_memory_budget_gb * 1024**3)
+        return EpisodeReplayBuffer(
+            self.observation_space,
+            n_envs=self.n_envs,
+            buffer_size=self.buffer_size,
+            memory_budget_bytes=budget,
+            seed=self.seed,
+        )
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_collection_state"]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts = [
+            "policy",
+            "policy.tokenizer_optimizer",
+            "policy.world_model_optimizer",
+            "policy.actor_critic_optimizer",
+        ]
+        return state_dicts, []
+
+    # ----------------------------------------------------------------------------------------------
+    # Data: tokens of replay observations
+    # ----------------------------------------------------------------------------------------------
+
+    def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=self.device)
+
+    @torch.no_grad()
+    def _tokenize(self, observations: np.ndarray) -> torch.Tensor:
+        """Tokens ``(N, K)`` of raw observations ``(N, *obs_shape)``, computed in chunks."""
+        tokenizer = self.policy.tokenizer
+        chunks = [
+            tokenizer.tokenize(tokenizer.preprocess(self._to_tensor(observations[i : i + TOKENIZE_CHUNK])))
+            for i in range(0, len(observations), TOKENIZE_CHUNK)
+        ]
+        if not chunks:
+            return torch.empty(0, tokenizer.tokens_per_obs, dtype=torch.long, device=self.device)
+        return torch.cat(chunks)
+
+    def _padding_tokens(self) -> torch.Tensor:
+        """Tokens of an all-zero observation (what padded steps contain), computed once per epoch."""
+        if self._epoch_padding_tokens is None:
+            zero = np.zeros((1, *self.observation_space.shape), dtype=self.observation_space.dtype)
+            self._epoch_padding_tokens = self._tokenize(zero)[0]
+        return self._epoch_padding_tokens
+
+    def segment_tokens(
+        self, observations: np.ndarray, env_indices: np.ndarray, time_indices: np.ndarray, mask_padding: np.ndarray
+    ) -> torch.Tensor:
+        """Tokens ``(B, L, K)`` of a batch of segments, through the per-epoch token cache when enabled.
+
+        The tokenizer is frozen outside its own phase, so cached tokens equal recomputed ones.
+        """
+        batch_shape = mask_padding.shape
+        if not self.use_token_cache:
+            flat = observations.reshape(-1, *observations.shape[len(batch_shape) :])
+            return self._tokenize(flat).view(*batch_shape, -1)
+        k = self.policy.tokenizer.tokens_per_obs
+        tokens = self._padding_tokens().expand(*batch_shape, k).clone()
+        real = mask_padding.astype(bool)
+        env_real, time_real = env_indices[real], time_indices[real]
+        cached, valid = self.replay_buffer.cached_tokens(env_real, time_real)
+        cached = np.array(cached, dtype=np.int64, copy=True)
+        missing = ~valid
+        if missing.any():
+            computed = self._tokenize(observations[real][missing]).cpu().numpy()
+            cached[missing] = computed
+            self.replay_buffer.store_tokens(env_real[missing], time_real[missing], computed)
+        tokens[torch.as_tensor(real, device=self.device)] = self._to_tensor(cached)
+        return tokens
+
+    # ----------------------------------------------------------------------------------------------
+    # Training phases
+    # ----------------------------------------------------------------------------------------------
+
+    def _clip_and_step(self, loss: torch.Tensor, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), self.max_grad_norm)
+        optimizer.step()
+
+    def _train_tokenizer(self) -> dict[str, float]:
+        tokenizer = self.policy.tokenizer
+        tokenizer.train()
+        totals = {"reconstruction": [], "commitment": [], "perceptual": [], "total": []}
+        all_tokens = []
+        for _ in range(self.tokenizer_updates_per_epoch):
+            frames, _, _ = self.replay_buffer.sample_frames(self.tokenizer_batch_size)
+            losses, tokens = tokenizer.compute_loss(tokenizer.preprocess(self._to_tensor(frames)))
+            self._clip_and_step(losses.total, tokenizer, self.policy.tokenizer_optimizer)
+            for name in totals:
+                totals[name].append(getattr(losses, name).item())
+            all_tokens.append(tokens.detach())
+        used, perplexity = codebook_usage(torch.cat(all_tokens), tokenizer.vocab_size)
+        self._n_updates += self.tokenizer_updates_per_epoch
+        return {
+            "train/tokenizer_loss": float(np.mean(totals["total"])),
+            "train/tokenizer_reconstruction_loss": float(np.mean(totals["reconstruction"])),
+            "train/tokenizer_commitment_loss": float(np.mean(totals["commitment"])),
+            "train/tokenizer_perceptual_loss": float(np.mean(totals["perceptual"])),
+            "train/codebook_usage": used,
+            "train/codebook_perplexity": perplexity,
+        }
+
+    def _train_world_model(self) -> dict[str, float]:
+        world_model = self.policy.world_model
+        self.policy.tokenizer.eval()
+        world_model.train()
+        totals = {"total": [], "observations": [], "rewards": [], "ends": []}
+        for _ in range(self.world_model_updates_per_epoch):
+            batch = self.replay_buffer.sample_segments(self.world_model_batch_size, self.sequence_length, "both")
+            obs_tokens = self.segment_tokens(
+                batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding
+            )
+            losses = world_model.compute_loss(
+                obs_tokens,
+                self._to_tensor(batch.actions).long(),
+                self._to_tensor(batch.rewards).float(),
+                self._to_tensor(batch.terminations),
+                self._to_tensor(batch.mask_padding),
+            )
+            self._clip_and_step(losses.total, world_model, self.policy.world_model_optimizer)
+            for name in totals:
+                totals[name].append(getattr(losses, name).item())
+        self._n_updates += self.world_model_updates_per_epoch
+        return {
+            "train/world_model_loss": float(np.mean(totals["total"])),
+            "train/world_model_observation_loss": float(np.mean(totals["observations"])),
+            "train/world_model_reward_loss": float(np.mean(totals["rewards"])),
+            "train/world_model_end_loss": float(np.mean(totals["ends"])),
+        }
+
+    def imagine(self, batch_size: int, keep_observations: bool = False):
+        """Imagine ``batch_size`` trajectories from real replay contexts with the current networks.
+
+        :return: the :class:`~sb3_iris.imagination.ImaginationOutput`
+        """
+        batch = self.replay_buffer.sample_segments(batch_size, self.burn_in + 1, "left")
+        context_tokens = self.segment_tokens(
+            batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding
+        )
+        self.policy.tokenizer.eval()
+        self.policy.world_model.eval()
+        return imagine_rollouts(
+            self.policy.tokenizer,
+            self.policy.world_model,
+            self.policy.actor_critic,
+            context_tokens,
+            self._to_tensor(batch.mask_padding),
+            self.imagination_horizon,
+            temperature=self.imagination_temperature,
+            keep_observations=keep_observations,
+        )
+
+    def _train_actor_critic(self) -> dict[str, float]:
+        actor_critic = self.policy.actor_critic
+        actor_critic.train()
+        totals = {"total": [], "policy": [], "value": [], "entropy": []}
+        imagined_returns, imagined_rewards = [], []
+        for _ in range(self.actor_critic_updates_per_epoch):
+            rollout = self.imagine(self.actor_critic_batch_size)
+            returns = compute_lambda_returns(
+                rollout.rewards, rollout.values.detach(), rollout.ends, self.gamma, self.gae_lambda
+            )
+            losses = actor_critic_loss(
+                rollout.logits[:, :-1], rollout.actions[:, :-1], rollout.values[:, :-1], returns[:, :-1], self.ent_coef
+            )
+            self._clip_and_step(losses.total, actor_critic, self.policy.actor_critic_optimizer)
+            for name in totals:
+                totals[name].append(getattr(losses, name).item())
+            imagined_returns.append(returns[:, 0].mean().item())
+            imagined_rewards.append(rollout.rewards.sum(1).mean().item())
+        self._n_updates += self.actor_critic_updates_per_epoch
+        return {
+            "train/actor_critic_loss": float(np.mean(totals["total"])),
+            "train/policy_loss": float(np.mean(totals["policy"])),
+            "train/value_loss": float(np.mean(totals["value"])),
+            "train/entropy": float(np.mean(totals["entropy"])),
+            "train/imagined_return": float(np.mean(imagined_returns)),
+            "train/imagined_reward_sum": float(np.mean(imagined_rewards)),
+        }
+
+    def train(self) -> None:
+        """One epoch of training: tokenizer, then world model, then actor-critic (each after its warm-up)."""
+        if self.replay_buffer.n_steps == 0:
+            return
+        self._update_learning_rate(self.policy.optimizers)
+        epoch = self._n_epochs
+        metrics: dict[str, float] = {}
+        phase_times: dict[str, float] = {}
+        phases = (
+            ("tokenizer", self.tokenizer_start_after_epochs, self._train_tokenizer),
+            ("world_model", self.world_model_start_after_epochs, self._train_world_model),
+            ("actor_critic", self.actor_critic_start_after_epochs, self._train_actor_critic),
+        )
+        for name, start_after, train_phase in phases:
+            if epoch <= start_after:
+                continue
+            if self.verbose >= 2:
+                print(f"IRIS epoch {epoch}: training {name}", file=sys.stderr)
+            start = time.perf_counter()
+            metrics.update(train_phase())
+            phase_times[name] = time.perf_counter() - start
+            if name == "tokenizer":
+                # Tokens cached with the previous tokenizer are stale now.
+                self.replay_buffer.invalidate_token_cache()
+                self._epoch_padding_tokens = None
+        for key, value in metrics.items():
+            self.logger.record(key, value)
+        for name, seconds in phase_times.items():
+            self.logger.record(f"time/{name}_seconds", seconds)
+        self.logger.record("train/n_updates", self._n_updates)
+        self.logger.record("train/epoch", self._n_epochs)
+        self.logger.record("train/learning_rate", self.lr_schedule(self._current_progress_remaining))
+
+    # ----------------------------------------------------------------------------------------------
+    # Collection
+    # ----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _burn_in_collection_state(self) -> LSTMState:
+        """LSTM state from the last ``burn_in`` frames of each env's ongoing episode (IRIS, at each collection)."""
+        policy = self.policy
+        state = policy.initial_state(self.n_envs)
+        if self.burn_in == 0:
+            return state
+        tails = [self.replay_buffer.episode_tail(i, self.burn_in) for i in range(self.n_envs)]
+        length = max(len(tail) for tail in tails)
+        if length == 0:
+            return state
+        shape = self.observation_space.shape
+        frames = np.zeros((self.n_envs, length, *shape), dtype=self.replay_buffer.observation_dtype)
+        mask = np.zeros((self.n_envs, length), dtype=bool)
+        for i, tail in enumerate(tails):
+            if len(tail):
+                frames[i, length - len(tail) :] = tail
+                mask[i, length - len(tail) :] = True
+        reconstructions = policy.reconstruct(self._to_tensor(frames.reshape(-1, *shape)))
+        reconstructions = reconstructions.view(self.n_envs, length, *reconstructions.shape[1:])
+        return policy.actor_critic.burn_in(reconstructions, self._to_tensor(mask), state)
+
+    def _sample_collection_actions(self, episode_starts: np.ndarray) -> np.ndarray:
+        policy = self.policy
+        assert self._collection_state is not None
+        observations = self._to_tensor(self._last_obs)
+        starts = self._to_tensor(episode_starts)
+        actions, self._collection_state = policy.act(
+            observations, self._collection_state, starts, temperature=self.collect_temperature
+        )
+        actions_np = actions.cpu().numpy()
+        explore = np.random.random_sample(self.n_envs) < self.collect_epsilon
+        if explore.any():
+            actions_np[explore] = np.random.randint(self.action_space.n, size=int(explore.sum()))
+        return actions_np
+
+    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, n_vec_steps: int) -> bool:
+        """Collect ``n_vec_steps`` steps of every env into the replay; False if a callback stopped training.
+
+        :param env: the training VecEnv
+        :param callback: callback called after every env step
+        :param n_vec_steps: VecEnv steps to collect
+        """
+        self.policy.set_training_mode(False)
+        self._collection_state = self._burn_in_collection_state()
+        callback.on_rollout_start()
+        for _ in range(n_vec_steps):
+            actions = self._sample_collection_actions(self._last_episode_starts)
+            new_obs, rewards, dones, infos = env.step(actions)
+            self.num_timesteps += env.num_envs
+
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+
+            truncations = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos]) & dones
+            terminations = dones & ~truncations
+            self.replay_buffer.add(self._last_obs, actions, rewards, terminations, truncations)
+            self._last_obs = new_obs
+            self._last_episode_starts = dones
+            self._episode_num += int(dones.sum())
+            self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
+        callback.on_rollout_end()
+        return True
+
+    # ----------------------------------------------------------------------------------------------
+    # learn
+    # ----------------------------------------------------------------------------------------------
+
+    def learn(
+        self: SelfIRIS,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "IRIS",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfIRIS:
+        """Train: epochs of collection then training, until ``total_timesteps`` transitions were collected,
+        then ``final_training_epochs`` training-only epochs.
+
+        :param total_timesteps: environment transitions to collect (summed over envs)
+        :param callback: callback(s) called at every env step (SB3 protocol)
+        :param log_interval: dump the logs every this many epochs
+        :param tb_log_name: TensorBoard run name
+        :param reset_num_timesteps: start counting timesteps from zero (False continues the count)
+        :param progress_bar: show a tqdm/rich progress bar
+        """
+        env_was_reset = reset_num_timesteps or self._last_obs is None
+        total_timesteps, callback = self._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
+        assert self.env is not None, "IRIS.learn() needs an environment: pass env= or call set_env()"
+        if self.replay_buffer.n_envs != self.n_envs:
+            if self.replay_buffer.n_steps > 0:
+                raise ValueError(
+                    f"the replay buffer holds data of {self.replay_buffer.n_envs} envs but the env has {self.n_envs}"
+                )
+            self.replay_buffer = self._make_replay_buffer()
+        if env_was_reset:
+            # The env restarted its episodes: the replay's ongoing episodes end here.
+            self.replay_buffer.close_ongoing_episodes()
+        self._epoch_padding_tokens = None
+        self.replay_buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
+        n_vec_steps = -(-self.n_steps_per_epoch // self.n_envs)
+
+        callback.on_training_start(locals(), globals())
+        stopped = False
+        while self.num_timesteps < total_timesteps:
+            if not self.collect_rollouts(self.env, callback, n_vec_steps):
+                stopped = True
+                break
+            self._run_epoch(log_interval)
+        if not stopped:
+            for _ in range(self.final_training_epochs):
+                self._run_epoch(log_interval)
+        callback.on_training_end()
+        return self
+
+    def _run_epoch(self, log_interval: int) -> None:
+        self._n_epochs += 1
+        self.train()
+        if log_interval > 0 and self._n_epochs % log_interval == 0:
+            self.dump_logs()
+
+    def dump_logs(self) -> None:
+        """Record rollout and time statistics and write all logged values."""
+        elapsed = max((time.time_ns() - self.start_time) / 1e9, sys.float_info.epsilon)
+        fps = int((self.num_timesteps - self._num_timesteps_at_start) / elapsed)
+        self.logger.record("time/epochs", self._n_epochs, exclude="tensorboard")
+        if self.ep_info_buffer is not None and len(self.ep_info_buffer) > 0:
+            self.logger.record("rollout/ep_rew_mean", safe_mean([info["r"] for info in self.ep_info_buffer]))
+            self.logger.record("rollout/ep_len_mean", safe_mean([info["l"] for info in self.ep_info_buffer]))
+        self.logger.record("rollout/replay_steps", self.replay_buffer.n_steps)
+        self.logger.record("time/fps", fps)
+        self.logger.record("time/time_elapsed", int(elapsed), exclude="tensorboard")
+        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        self.logger.dump(step=self.num_timesteps)
+
+    # ----------------------------------------------------------------------------------------------
+    # Replay save / load
+    # ----------------------------------------------------------------------------------------------
+
+    def save_replay_buffer(self, path) -> None:
+        """Save the replay buffer (pickled, trimmed to the stored data) to ``path``."""
+        from stable_baselines3.common.save_util import save_to_pkl
+
+        save_to_pkl(path, self.replay_buffer, self.verbose)
+
+    def load_replay_buffer(self, path, truncate_last_traj: bool = True) -> None:
+        """Load a replay buffer saved by :meth:`save_replay_buffer`.
+
+        :param path: file written by :meth:`save_replay_buffer`
+        :param truncate_last_traj: kept for SB3 signature compatibility; the ongoing episodes of a loaded
+            buffer are always closed when the env is reset
+        """
+        from stable_baselines3.common.save_util import load_from_pkl
+
+        buffer = load_from_pkl(path, self.verbose)
+        if not isinstance(buffer, EpisodeReplayBuffer):
+            raise TypeError(f"{path!s} does not contain an IRIS EpisodeReplayBuffer (found {type(buffer).__name__})")
+        if buffer.observation_space.shape != self.observation_space.shape:
+            raise ValueError(
+                f"replay observations of shape {buffer.observation_space.shape} do not match the model's "
+                f"{self.observation_space.shape}"
+            )
+        self.replay_buffer = buffer
+
+
+def _check_observation_space(observation_space: spaces.Space) -> None:
+    if isinstance(observation_space, spaces.Dict):
+        raise ValueError(
+            f"IRIS does not support Dict observation spaces (got {observation_space}); "
+            "use a Box of images (CnnPolicy) or a 1-D Box (MlpPolicy)"
+        )
+    if not isinstance(observation_space, spaces.Box):
+        raise ValueError(f"IRIS supports only Box observation spaces, got observation_space={observation_space}")
+
+
+def _check_env_spaces(env: Any) -> None:
+    action_space = getattr(env, "action_space", None)
+    if action_space is not None and not isinstance(action_space, spaces.Discrete):
+        raise ValueError(
+            f"IRIS supports only Discrete action spaces, got action_space={action_space} "
+            f"({type(action_space).__name__})"
+        )
+    observation_space = getattr(env, "observation_space", None)
+    if observation_space is not None:
+        _check_observation_space(observation_space)

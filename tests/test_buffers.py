@@ -1,0 +1,412 @@
+import pickle
+
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from sb3_iris.buffers import EpisodeReplayBuffer, SegmentBatch
+
+IMAGE_SPACE = spaces.Box(0, 255, (3, 16, 16), np.uint8)
+VECTOR_SPACE = spaces.Box(-np.inf, np.inf, (4,), np.float32)
+
+
+def vector_obs(t: int, n_envs: int) -> np.ndarray:
+    """Observation of env e at absolute time t: [t + 1, e, 0, 0] (t + 1 so that padding zeros stand out)."""
+    obs = np.zeros((n_envs, 4), np.float32)
+    obs[:, 0] = t + 1
+    obs[:, 1] = np.arange(n_envs)
+    return obs
+
+
+def fill(buffer: EpisodeReplayBuffer, n_steps: int, done_prob: float = 0.1, seed: int = 0) -> np.ndarray:
+    """
+    Add ``n_steps`` steps with known contents (vector observations encode time and env, actions and
+    rewards are functions of them) and random episode ends.
+
+    :return: episode id of every (env, time), ``(n_envs, n_steps)``, unique across envs
+    """
+    rng = np.random.default_rng(seed)
+    n_envs = buffer.n_envs
+    episode_ids = np.zeros((n_envs, n_steps), np.int64)
+    current = np.arange(n_envs)
+    next_id = n_envs
+    t0 = buffer.time_range[1]
+    for step in range(n_steps):
+        t = t0 + step
+        ends = rng.random(n_envs) < done_prob
+        terminated = ends & (rng.random(n_envs) < 0.5)
+        truncated = ends & ~terminated
+        if buffer.obs_shape == (4,):
+            obs = vector_obs(t, n_envs)
+        else:
+            obs = np.full((n_envs, *buffer.obs_shape), (t + 1) % 256, np.uint8)
+        buffer.add(obs, (t + np.arange(n_envs)) % 5, t + 0.5 * np.arange(n_envs), terminated, truncated)
+        episode_ids[:, step] = current
+        for env in np.flatnonzero(ends):
+            current[env] = next_id
+            next_id += 1
+    return episode_ids
+
+
+@pytest.mark.parametrize("space", [IMAGE_SPACE, VECTOR_SPACE], ids=["image", "vector"])
+@pytest.mark.parametrize("n_envs", [1, 3])
+def test_sample_shapes_and_dtypes(space, n_envs):
+    buffer = EpisodeReplayBuffer(space, n_envs=n_envs, seed=0)
+    fill(buffer, 40)
+    assert buffer.n_steps == 40 * n_envs
+    assert buffer.size() == 40
+    stored_dtype = np.uint8 if space is IMAGE_SPACE else np.float32
+
+    frames, env_indices, time_indices = buffer.sample_frames(300)
+    assert frames.shape == (300, *space.shape) and frames.dtype == stored_dtype
+    assert env_indices.shape == time_indices.shape == (300,)
+    assert set(np.unique(env_indices)) == set(range(n_envs))
+    np.testing.assert_array_equal(frames, buffer.observations_at(env_indices, time_indices))
+
+    batch = buffer.sample_segments(7, 5)
+    assert isinstance(batch, SegmentBatch)
+    assert batch.observations.shape == (7, 5, *space.shape) and batch.observations.dtype == stored_dtype
+    expected = {
+        "actions": np.int64,
+        "rewards": np.float32,
+        "terminations": np.bool_,
+        "truncations": np.bool_,
+        "mask_padding": np.bool_,
+        "env_indices": np.int64,
+        "time_indices": np.int64,
+    }
+    for name, dtype in expected.items():
+        values = getattr(batch, name)
+        assert values.shape == (7, 5), name
+        assert values.dtype == dtype, name
+
+
+def check_segments(batch: SegmentBatch, episode_ids: np.ndarray, padding: str) -> None:
+    """Every segment is one contiguous run of real steps of one episode, with zero padding around it."""
+    mask = batch.mask_padding
+    assert mask.any(axis=1).all()
+    for b in range(len(mask)):
+        real = np.flatnonzero(mask[b])
+        assert np.array_equal(real, np.arange(real[0], real[-1] + 1)), "real steps are not contiguous"
+        env = batch.env_indices[b, real[0]]
+        times = batch.time_indices[b, real]
+        np.testing.assert_array_equal(times, np.arange(times[0], times[0] + len(times)))
+        assert len(np.unique(episode_ids[env, times])) == 1, "segment crosses an episode boundary"
+        np.testing.assert_array_equal(batch.observations[b, real, 0], times + 1)
+        np.testing.assert_array_equal(batch.observations[b, real, 1], env)
+        np.testing.assert_array_equal(batch.actions[b, real], (times + env) % 5)
+        np.testing.assert_allclose(batch.rewards[b, real], times + 0.5 * env)
+        # Padding exists only where the segment runs past an episode edge.
+        if real[0] > 0:
+            assert times[0] == 0 or episode_ids[env, times[0] - 1] != episode_ids[env, times[0]]
+        if real[-1] < mask.shape[1] - 1:
+            assert (batch.terminations[b, real[-1]] or batch.truncations[b, real[-1]]) or times[-1] == (
+                episode_ids.shape[1] - 1
+            )
+        if padding == "left":
+            assert mask[b, -1]
+        if padding == "right":
+            assert mask[b, 0]
+        if padding == "both":
+            assert mask[b, 0] or mask[b, -1]
+    padded = ~mask
+    assert not batch.observations[padded].any()
+    assert not batch.actions[padded].any()
+    assert not batch.rewards[padded].any()
+    assert not batch.terminations[padded].any()
+    assert not batch.truncations[padded].any()
+    assert (batch.time_indices[padded] == -1).all()
+
+
+@pytest.mark.parametrize("padding", ["both", "left", "right"])
+@pytest.mark.parametrize("n_envs", [1, 3])
+def test_segments_never_cross_episode_boundaries(padding, n_envs):
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, n_envs=n_envs, initial_capacity=16, seed=1)
+    episode_ids = fill(buffer, 200, done_prob=0.15)
+    assert buffer.n_episodes == len(np.unique(episode_ids))
+    batch = buffer.sample_segments(256, 10, padding=padding)
+    assert (~batch.mask_padding).any(), "episodes of ~7 steps must produce padding with L=10"
+    check_segments(batch, episode_ids, padding)
+
+
+def test_both_padding_uses_both_sides():
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, seed=2)
+    fill(buffer, 100, done_prob=0.2)
+    mask = buffer.sample_segments(400, 8).mask_padding
+    left_padded = ~mask[:, 0]
+    right_padded = ~mask[:, -1]
+    assert 50 < left_padded.sum() < 350 and 50 < right_padded.sum() < 350
+
+
+def test_episode_ends_at_termination_and_truncation():
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, seed=0)
+    flags = [(False, False), (True, False), (False, False), (False, True), (False, False)]
+    for t, (terminated, truncated) in enumerate(flags):
+        buffer.add(vector_obs(t, 1), [0], [0.0], [terminated], [truncated])
+    # Episodes: times [0, 1], [2, 3], [4] (ongoing).
+    assert buffer.n_episodes == 3
+    batch = buffer.sample_segments(200, 3, padding="left")
+    episodes = {tuple(row[m]) for row, m in zip(batch.time_indices, batch.mask_padding)}
+    assert episodes == {(0,), (0, 1), (2,), (2, 3), (4,)}
+    _, _, times = buffer.sample_frames(200)
+    assert set(times) == {0, 1, 2, 3, 4}
+
+
+def test_sample_frames_samples_episodes_uniformly():
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, seed=3)
+    for t in range(10):  # ten episodes of one step
+        buffer.add(vector_obs(t, 1), [0], [0.0], [True], [False])
+    for t in range(10, 100):  # one ongoing episode of 90 steps
+        buffer.add(vector_obs(t, 1), [0], [0.0], [False], [False])
+    _, _, times = buffer.sample_frames(11_000)
+    fraction_long = np.mean(times >= 10)
+    assert abs(fraction_long - 1 / 11) < 0.02
+
+
+def test_ongoing_episode_is_sampleable():
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, seed=0)
+    for t in range(5):
+        buffer.add(vector_obs(t, 1), [1], [1.0], [False], [False])
+    assert buffer.n_episodes == 1
+    batch = buffer.sample_segments(50, 3, padding="right")
+    assert set(batch.time_indices[batch.mask_padding]) == {0, 1, 2, 3, 4}
+    np.testing.assert_array_equal(
+        batch.observations[..., 0][batch.mask_padding], batch.time_indices[batch.mask_padding] + 1
+    )
+
+
+def test_episode_tail():
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, n_envs=2, seed=0)
+    for t in range(6):
+        buffer.add(vector_obs(t, 2), [0, 0], [0, 0], [False, t == 3], [False, False])
+    np.testing.assert_array_equal(buffer.episode_tail(0, 4)[:, 0], [3, 4, 5, 6])
+    np.testing.assert_array_equal(buffer.episode_tail(0, 100)[:, 0], [1, 2, 3, 4, 5, 6])
+    np.testing.assert_array_equal(buffer.episode_tail(1, 100)[:, 0], [5, 6])
+    np.testing.assert_array_equal(buffer.episode_tail(1, 100)[:, 1], [1, 1])
+    assert buffer.episode_tail(0, 0).shape == (0, 4)
+    buffer.add(vector_obs(6, 2), [0, 0], [0, 0], [True, False], [False, False])
+    assert buffer.episode_tail(0, 4).shape == (0, 4)
+    np.testing.assert_array_equal(buffer.episode_tail(1, 4)[:, 0], [5, 6, 7])
+    with pytest.raises(ValueError, match="env_index"):
+        buffer.episode_tail(2, 4)
+
+
+def test_growth_keeps_data():
+    buffer = EpisodeReplayBuffer(IMAGE_SPACE, n_envs=2, initial_capacity=4, seed=0)
+    fill(buffer, 50)
+    assert buffer._capacity >= 50
+    envs, times = np.meshgrid(np.arange(2), np.arange(50), indexing="ij")
+    frames = buffer.observations_at(envs, times)
+    assert frames.shape == (2, 50, *IMAGE_SPACE.shape)
+    np.testing.assert_array_equal(frames[:, :, 0, 0, 0], times + 1)
+    assert buffer.nbytes == 50 * 2 * (3 * 16 * 16 + 8 + 4 + 1 + 1)
+
+
+def add_episodes(buffer: EpisodeReplayBuffer, lengths, t0: int = 0) -> int:
+    """Add episodes of the given lengths (one env); returns the next absolute time."""
+    t = t0
+    for length in lengths:
+        for i in range(length):
+            buffer.add(vector_obs(t, 1), [0], [0.0], [i == length - 1], [False])
+            t += 1
+    return t
+
+
+@pytest.mark.parametrize("limit", ["buffer_size", "memory_budget_bytes"])
+def test_eviction_drops_oldest_episodes(limit):
+    bytes_per_step = 4 * 4 + 8 + 4 + 1 + 1
+    kwargs = {"buffer_size": 12} if limit == "buffer_size" else {"memory_budget_bytes": 12 * bytes_per_step}
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, initial_capacity=4, seed=0, **kwargs)
+    end = add_episodes(buffer, [5, 5, 5, 5, 5])
+    assert end == 25
+    # After the 5th episode's last step: 25 steps > 12, cut at the end of episodes until <= 12 steps.
+    assert buffer.time_range == (15, 25)
+    assert buffer.n_steps == 10 and buffer.n_episodes == 2
+    assert buffer.nbytes == 10 * bytes_per_step
+    assert buffer._capacity <= 13
+    np.testing.assert_array_equal(buffer.observations_at(np.zeros(10, int), np.arange(15, 25))[:, 0], np.arange(16, 26))
+    with pytest.raises(IndexError, match="not stored"):
+        buffer.observations_at([0], [14])
+    _, _, times = buffer.sample_frames(500)
+    assert set(times) == set(range(15, 25))
+    # Three more steps: 13 > 12 drops the episode [15, 20).
+    end = add_episodes(buffer, [3], t0=end)
+    assert buffer.time_range == (20, 28)
+    batch = buffer.sample_segments(200, 6)
+    check_segments_times = batch.time_indices[batch.mask_padding]
+    assert check_segments_times.min() >= 20
+    np.testing.assert_array_equal(batch.observations[..., 0][batch.mask_padding], check_segments_times + 1)
+
+
+def test_eviction_truncates_a_single_long_episode():
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, buffer_size=10, initial_capacity=4, seed=0)
+    for t in range(25):
+        buffer.add(vector_obs(t, 1), [0], [0.0], [False], [False])
+    assert buffer.time_range == (15, 25) and buffer.n_episodes == 1
+    np.testing.assert_array_equal(buffer.episode_tail(0, 100)[:, 0], np.arange(16, 26))
+    # Ending the episode does not empty the buffer.
+    buffer.add(vector_obs(25, 1), [0], [0.0], [True], [False])
+    assert buffer.time_range == (16, 26) and buffer.n_episodes == 1
+    assert buffer.episode_tail(0, 100).shape == (0, 4)
+    assert set(buffer.sample_frames(100)[2]) == set(range(16, 26))
+
+
+def test_eviction_with_several_envs_keeps_straddling_episodes():
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, n_envs=2, buffer_size=16, initial_capacity=4, seed=0)
+    # env 0: episodes [0, 3) and [3, ...); env 1: one ongoing episode.
+    for t in range(9):
+        buffer.add(vector_obs(t, 2), [0, 0], [0, 0], [t == 2, False], [False, False])
+    # 18 steps > 16: cut at the end of env 0's first episode (t=3); env 1's episode keeps [3, 9).
+    assert buffer.time_range == (3, 9)
+    assert buffer.n_steps == 12 and buffer.n_episodes == 2
+    np.testing.assert_array_equal(buffer.episode_tail(1, 100)[:, 0], np.arange(4, 10))
+    batch = buffer.sample_segments(100, 8, padding="left")
+    assert (batch.time_indices[batch.mask_padding] >= 3).all()
+    assert (batch.mask_padding.sum(axis=1) <= 6).all()
+
+
+def test_token_cache():
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, n_envs=2, initial_capacity=4, seed=0)
+    fill(buffer, 4, done_prob=0.0)
+    with pytest.raises(RuntimeError, match="enable_token_cache"):
+        buffer.cached_tokens([0], [0])
+    buffer.enable_token_cache(3)
+    tokens, valid = buffer.cached_tokens(np.array([[0, 1]]), np.array([[2, 2]]))
+    assert tokens.shape == (1, 2, 3) and tokens.dtype == np.int64 and not valid.any()
+
+    batch = buffer.sample_segments(16, 3)
+    batch_tokens = np.stack([batch.env_indices, batch.time_indices, batch.time_indices * 10], axis=-1)
+    buffer.store_tokens(batch.env_indices, batch.time_indices, batch_tokens)  # padded entries are skipped
+    tokens, valid = buffer.cached_tokens(batch.env_indices, batch.time_indices)
+    np.testing.assert_array_equal(valid, batch.mask_padding)
+    np.testing.assert_array_equal(tokens[valid], batch_tokens[valid])
+    assert not tokens[~valid].any()
+
+    envs, times = np.meshgrid(np.arange(2), np.arange(4), indexing="ij")
+    buffer.store_tokens(envs, times, np.stack([envs, times, times + 7], axis=-1))
+    fill(buffer, 60, done_prob=0.0)  # grows storage and token cache
+    tokens, valid = buffer.cached_tokens(envs, times)
+    assert valid.all()
+    np.testing.assert_array_equal(tokens, np.stack([envs, times, times + 7], axis=-1))
+    _, valid = buffer.cached_tokens(np.array([0, 1]), np.array([10, 63]))
+    assert not valid.any(), "new steps must not inherit tokens"
+
+    buffer.invalidate_token_cache()
+    tokens, valid = buffer.cached_tokens(envs, times)
+    assert not valid.any() and not tokens.any()
+    buffer.store_tokens([1], [3], [[4, 5, 6]])
+    tokens, valid = buffer.cached_tokens(envs, times)
+    assert valid.sum() == 1 and valid[1, 3]
+    np.testing.assert_array_equal(tokens[1, 3], [4, 5, 6])
+
+    with pytest.raises(ValueError, match="tokens must have shape"):
+        buffer.store_tokens([0], [0], [[1, 2]])
+    with pytest.raises(IndexError, match="not stored"):
+        buffer.store_tokens([0], [64], [[1, 2, 3]])
+
+
+def test_token_cache_slots_are_reset_when_reused():
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, buffer_size=6, initial_capacity=4, seed=0)
+    buffer.enable_token_cache(2)
+    for t in range(6):
+        buffer.add(vector_obs(t, 1), [0], [0.0], [False], [False])
+        buffer.store_tokens([0], [t], [[t, t]])
+    for t in range(6, 20):  # the ring wraps: old slots are reused by new steps
+        buffer.add(vector_obs(t, 1), [0], [0.0], [False], [False])
+    first, end = buffer.time_range
+    _, valid = buffer.cached_tokens(np.zeros(end - first, int), np.arange(first, end))
+    assert not valid.any()
+    _, valid = buffer.cached_tokens([0], [2])  # evicted
+    assert not valid.any()
+
+
+@pytest.mark.parametrize("evict", [False, True])
+def test_pickle_round_trip(evict):
+    buffer = EpisodeReplayBuffer(IMAGE_SPACE, n_envs=2, buffer_size=120 if evict else None, initial_capacity=16, seed=5)
+    fill(buffer, 100)
+    buffer.enable_token_cache(4)
+    buffer.store_tokens([0], [buffer.time_range[0]], [[1, 2, 3, 4]])
+    data = pickle.dumps(buffer)
+    assert len(data) < buffer.nbytes + 10_000, "pickle must hold only the live steps"
+    restored = pickle.loads(data)
+    assert restored.time_range == buffer.time_range
+    assert restored.n_episodes == buffer.n_episodes and restored.nbytes <= buffer.nbytes
+    _, valid = restored.cached_tokens([0], [buffer.time_range[0]])
+    assert not valid.any()
+
+    for original, copy in [(buffer, restored)] * 2:
+        a, b = original.sample_segments(32, 6), copy.sample_segments(32, 6)
+        for name in SegmentBatch.__dataclass_fields__:
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+        np.testing.assert_array_equal(original.sample_frames(16)[0], copy.sample_frames(16)[0])
+    # Both keep working identically after more steps (growth from a compact state).
+    fill(buffer, 30, seed=9)
+    fill(restored, 30, seed=9)
+    np.testing.assert_array_equal(buffer.episode_tail(1, 50), restored.episode_tail(1, 50))
+    np.testing.assert_array_equal(
+        buffer.sample_segments(8, 4).observations, restored.sample_segments(8, 4).observations
+    )
+
+
+def test_errors():
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, n_envs=2)
+    with pytest.raises(ValueError, match="empty"):
+        buffer.sample_segments(4, 3)
+    with pytest.raises(ValueError, match="empty"):
+        buffer.sample_frames(4)
+    with pytest.raises(ValueError, match=r"observations must have shape .*\(2, 4\).*\(1, 4\)"):
+        buffer.add(np.zeros((1, 4)), [0, 0], [0, 0], [False, False], [False, False])
+    with pytest.raises(ValueError, match="actions"):
+        buffer.add(np.zeros((2, 4)), [0, 0, 0], [0, 0], [False, False], [False, False])
+    fill(buffer, 5)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        buffer.sample_segments(0, 3)
+    with pytest.raises(ValueError, match="batch_size=-2"):
+        buffer.sample_frames(-2)
+    with pytest.raises(ValueError, match="sequence_length=0"):
+        buffer.sample_segments(4, 0)
+    with pytest.raises(ValueError, match="padding='middle'"):
+        buffer.sample_segments(4, 3, padding="middle")
+
+
+@pytest.mark.parametrize(
+    "space, error",
+    [
+        (spaces.Dict({"image": IMAGE_SPACE}), TypeError),
+        (spaces.Discrete(4), TypeError),
+        (spaces.Box(0.0, 1.0, (3, 16, 16), np.float32), ValueError),
+        (spaces.Box(0, 10, (4,), np.int64), ValueError),
+    ],
+)
+def test_unsupported_observation_spaces(space, error):
+    with pytest.raises(error, match="observation_space"):
+        EpisodeReplayBuffer(space)
+
+
+def test_bad_limits():
+    with pytest.raises(ValueError, match="buffer_size=2"):
+        EpisodeReplayBuffer(VECTOR_SPACE, n_envs=3, buffer_size=2)
+    with pytest.raises(ValueError, match="memory_budget_bytes=10"):
+        EpisodeReplayBuffer(VECTOR_SPACE, memory_budget_bytes=10)
+    with pytest.raises(ValueError, match="n_envs=0"):
+        EpisodeReplayBuffer(VECTOR_SPACE, n_envs=0)
+
+
+def test_close_ongoing_episodes_starts_new_episodes():
+    space = spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    buffer = EpisodeReplayBuffer(space, n_envs=2, seed=0)
+    for step in range(3):
+        buffer.add(np.full((2, 1), step, np.float32), [0, 0], [0, 0], [False, False], [False, False])
+    assert buffer.n_episodes == 2
+    buffer.close_ongoing_episodes()
+    assert len(buffer.episode_tail(0, 5)) == 0
+    for step in range(3, 5):
+        buffer.add(np.full((2, 1), step, np.float32), [0, 0], [0, 0], [False, False], [False, False])
+    assert buffer.n_episodes == 4
+    tail = buffer.episode_tail(1, 10)
+    np.testing.assert_array_equal(tail[:, 0], [3, 4])
+    batch = buffer.sample_segments(64, 5, padding="both")
+    # No segment mixes steps from before and after the close.
+    for row, mask in zip(batch.observations[..., 0], batch.mask_padding):
+        values = row[mask]
+        assert (values < 3).all() or (values >= 3).all()
