@@ -55,6 +55,21 @@ def prime_cache(world_model: WorldModel, cache: KVCache, obs_tokens: torch.Tenso
     world_model(obs_tokens, cache, compute_observation_logits=False, compute_action_logits=False)
 
 
+class WorldModelStep(NamedTuple):
+    """One imagined environment step.
+
+    :param rewards: ``(B,)`` in {-1, 0, 1}
+    :param ends: ``(B,)`` bool
+    :param next_tokens: ``(B, K)`` tokens of the next frame, or None if not requested
+    :param pending_tokens: ``(B, 1)`` last token of ``next_tokens`` not yet written to the cache (when deferred)
+    """
+
+    rewards: torch.Tensor
+    ends: torch.Tensor
+    next_tokens: Optional[torch.Tensor]
+    pending_tokens: Optional[torch.Tensor]
+
+
 def world_model_step(
     world_model: WorldModel,
     cache: KVCache,
@@ -62,36 +77,48 @@ def world_model_step(
     current_obs_tokens: torch.Tensor,
     predict_next_obs: bool,
     temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    pending_tokens: Optional[torch.Tensor] = None,
+    defer_last_token: bool = False,
+) -> WorldModelStep:
     """Advance the world model by one environment step with the KV cache.
 
     If the cache cannot hold another step it is re-primed from the current frame only (IRIS).
+    The last observation token of a frame has no head to evaluate: its pass only writes keys and
+    values. With ``defer_last_token`` that write is returned as ``pending_tokens`` and done together
+    with the next step's action token (one pass of two tokens instead of two passes), the same computation.
 
     :param world_model: the world model (called without gradient by the caller)
-    :param cache: KV cache holding the context so far, ending with ``current_obs_tokens``
+    :param cache: KV cache holding the context so far
     :param actions: ``(B,)`` actions
     :param current_obs_tokens: ``(B, K)`` tokens of the current frame (used for re-priming)
-    :param predict_next_obs: also generate the next frame's tokens (K more passes)
+    :param predict_next_obs: also generate the next frame's tokens
     :param temperature: sampling temperature for observation tokens
-    :return: rewards ``(B,)`` in {-1, 0, 1}, ends ``(B,)`` bool, next tokens ``(B, K)`` or None
+    :param pending_tokens: ``(B, 1)`` deferred last token of the current frame, or None
+    :param defer_last_token: leave the last generated token out of the cache and return it as pending
     """
     k = world_model.config.tokens_per_obs
+    n_pending = 0 if pending_tokens is None else pending_tokens.shape[1]
     passes = 1 + k if predict_next_obs else 1
-    if cache.size + passes > cache.max_tokens:
+    if cache.size + n_pending + passes > cache.max_tokens:
         prime_cache(world_model, cache, current_obs_tokens)
-    output = world_model(actions.unsqueeze(1), cache, compute_observation_logits=predict_next_obs)
+        pending_tokens = None
+    step_tokens = (
+        actions.unsqueeze(1) if pending_tokens is None else torch.cat([pending_tokens, actions.unsqueeze(1)], 1)
+    )
+    output = world_model(step_tokens, cache, compute_observation_logits=predict_next_obs)
     rewards = sample_from_logits(output.logits_rewards[:, -1]).float() - 1.0
     ends = sample_from_logits(output.logits_ends[:, -1]).bool()
     if not predict_next_obs:
-        return rewards, ends, None
+        return WorldModelStep(rewards, ends, None, None)
     next_tokens = torch.empty(actions.shape[0], k, dtype=torch.long, device=actions.device)
     next_tokens[:, 0] = sample_from_logits(output.logits_observations[:, -1], temperature)
     for i in range(1, k):
         output = world_model(next_tokens[:, i - 1 : i], cache, compute_action_logits=False)
         next_tokens[:, i] = sample_from_logits(output.logits_observations[:, -1], temperature)
-    # The last token has no head to evaluate: this pass only writes its keys and values.
+    if defer_last_token:
+        return WorldModelStep(rewards, ends, next_tokens, next_tokens[:, k - 1 :])
     world_model(next_tokens[:, k - 1 :], cache, compute_observation_logits=False, compute_action_logits=False)
-    return rewards, ends, next_tokens
+    return WorldModelStep(rewards, ends, next_tokens, None)
 
 
 @torch.no_grad()
@@ -126,6 +153,7 @@ def imagine_rollouts(
     temperature: float = 1.0,
     keep_observations: bool = False,
     cache: Optional[KVCache] = None,
+    merge_last_token: bool = False,
 ) -> ImaginationOutput:
     """Imagine ``horizon`` steps from real contexts; only the actor-critic receives gradient.
 
@@ -138,6 +166,8 @@ def imagine_rollouts(
     :param temperature: sampling temperature of the world model's observation tokens
     :param keep_observations: also return the frames the actor saw (for videos)
     :param cache: a KV cache of batch size B to reuse (allocated if None)
+    :param merge_last_token: write each frame's last token together with the next action token
+        (K passes per step instead of K + 1; same results within float tolerance)
     """
     if horizon < 1:
         raise ValueError(f"horizon={horizon} must be >= 1")
@@ -151,6 +181,7 @@ def imagine_rollouts(
     with torch.no_grad():
         prime_cache(world_model, cache, obs_tokens)
 
+    pending_tokens: Optional[torch.Tensor] = None
     actions, logits, values, rewards, ends, seen = [], [], [], [], [], []
     for step in range(horizon):
         if keep_observations:
@@ -163,14 +194,22 @@ def imagine_rollouts(
         values.append(output.values)
         predict_next = step < horizon - 1
         with torch.no_grad():
-            reward, end, next_tokens = world_model_step(
-                world_model, cache, action, obs_tokens, predict_next, temperature
+            step_output = world_model_step(
+                world_model,
+                cache,
+                action,
+                obs_tokens,
+                predict_next,
+                temperature,
+                pending_tokens=pending_tokens,
+                defer_last_token=merge_last_token,
             )
-            if next_tokens is not None:
-                obs_tokens = next_tokens
-                observations = tokenizer.decode_tokens(next_tokens)
-        rewards.append(reward)
-        ends.append(end)
+            pending_tokens = step_output.pending_tokens
+            if step_output.next_tokens is not None:
+                obs_tokens = step_output.next_tokens
+                observations = tokenizer.decode_tokens(obs_tokens)
+        rewards.append(step_output.rewards)
+        ends.append(step_output.ends)
 
     return ImaginationOutput(
         actions=torch.stack(actions, 1),

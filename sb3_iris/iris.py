@@ -6,8 +6,14 @@ train the tokenizer, the world model and the actor-critic (in imagination), each
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import pathlib
+import pickle
 import sys
 import time
+import zipfile
 from typing import Any, ClassVar, Optional, TypeVar, Union
 
 import numpy as np
@@ -23,12 +29,21 @@ from sb3_iris.buffers import EpisodeReplayBuffer
 from sb3_iris.imagination import imagine_rollouts
 from sb3_iris.nn.actor_critic import LSTMState, actor_critic_loss, compute_lambda_returns
 from sb3_iris.nn.tokenizer import codebook_usage
+from sb3_iris.performance import PerformanceOptions, autocast_context, configure_modules
 from sb3_iris.policies import CnnPolicy, IrisPolicy, MlpPolicy
 
 SelfIRIS = TypeVar("SelfIRIS", bound="IRIS")
 
 # Frames tokenized per tokenizer call when filling world-model / imagination batches (bounds memory).
 TOKENIZE_CHUNK = 512
+
+# The state dicts saved with the model (policy, then the three optimisers), each as ``<name>.pth`` in the zip.
+STATE_DICT_NAMES = (
+    "policy",
+    "policy.tokenizer_optimizer",
+    "policy.world_model_optimizer",
+    "policy.actor_critic_optimizer",
+)
 
 
 class IRIS(BaseAlgorithm):
@@ -67,6 +82,12 @@ class IRIS(BaseAlgorithm):
     :param replay_memory_budget_gb: evict the oldest episodes once the replay data exceeds this many GB (None: no limit)
     :param use_token_cache: cache the frozen tokenizer's tokens per replay frame within an epoch (same results,
         much faster); False recomputes them for every batch
+    :param mixed_precision: bf16 autocast for the forward passes where the device supports it (None: off;
+        see the README's performance section for when it pays off); losses and optimiser states stay float32
+    :param channels_last: NHWC memory format for the convolutional networks (None: on for CUDA, off for CPU)
+    :param merge_last_token: in imagination, write each generated frame's last token into the KV cache together
+        with the next action token (K instead of K + 1 transformer passes per imagined step; same results)
+    :param fused_optimizers: fused Adam/AdamW kernels (None: on where torch supports them for the device)
     :param stats_window_size: window for the rollout episode statistics
     :param tensorboard_log: TensorBoard log folder (None: no logging)
     :param policy_kwargs: keyword arguments of the policy (``tokenizer_kwargs``, ``world_model_kwargs``,
@@ -110,6 +131,10 @@ class IRIS(BaseAlgorithm):
         buffer_size: Optional[int] = None,
         replay_memory_budget_gb: Optional[float] = None,
         use_token_cache: bool = True,
+        mixed_precision: Optional[bool] = None,
+        channels_last: Optional[bool] = None,
+        merge_last_token: bool = True,
+        fused_optimizers: Optional[bool] = None,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
@@ -160,6 +185,10 @@ class IRIS(BaseAlgorithm):
         self.buffer_size = buffer_size
         self.replay_memory_budget_gb = replay_memory_budget_gb
         self.use_token_cache = use_token_cache
+        self.mixed_precision = mixed_precision
+        self.channels_last = channels_last
+        self.merge_last_token = merge_last_token
+        self.fused_optimizers = fused_optimizers
         self._n_epochs = 0
         self._collection_state: Optional[LSTMState] = None
         self._validate_hyperparameters()
@@ -212,8 +241,22 @@ class IRIS(BaseAlgorithm):
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         _check_observation_space(self.observation_space)
-        self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs)
+        self.performance = PerformanceOptions(
+            mixed_precision=self.mixed_precision,
+            channels_last=self.channels_last,
+            merge_last_token=self.merge_last_token,
+            fused_optimizers=self.fused_optimizers,
+        ).resolved(self.device)
+        # Build on the target device first so that fused optimiser states are created there.
+        self.policy = self.policy_class(
+            self.observation_space,
+            self.action_space,
+            self.lr_schedule,
+            **self.policy_kwargs,
+        )
         self.policy = self.policy.to(self.device)
+        configure_modules(self.performance, self.device, self.policy.tokenizer, self.policy.actor_critic)
+        self.policy.make_optimizers(self.lr_schedule, fused=bool(self.performance.fused_optimizers))
         max_blocks = self.policy.world_model.config.max_blocks
         if self.sequence_length > max_blocks:
             raise ValueError(
@@ -222,6 +265,7 @@ class IRIS(BaseAlgorithm):
             )
         self.replay_buffer = self._make_replay_buffer()
         self._collection_state = None
+        self._epoch_padding_tokens: Optional[torch.Tensor] = None
 
     def _make_replay_buffer(self) -> EpisodeReplayBuffer:
         budget = None if self.replay_memory_budget_gb is None else int(self.replay_memory_budget_gb * 1024**3)
@@ -234,20 +278,64 @@ class IRIS(BaseAlgorithm):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_collection_state"]
+        # Per-run caches: device tensors that must not be pickled (a CUDA tensor would not load on a CPU machine).
+        return [
+            *super()._excluded_save_params(),
+            "_collection_state",
+            "_epoch_padding_tokens",
+            "performance",
+            "_kv_cache",
+        ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts = [
-            "policy",
-            "policy.tokenizer_optimizer",
-            "policy.world_model_optimizer",
-            "policy.actor_critic_optimizer",
-        ]
-        return state_dicts, []
+        return list(STATE_DICT_NAMES), []
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfIRIS],
+        path: Union[str, pathlib.Path, io.BufferedIOBase],
+        env: Optional[GymEnv] = None,
+        device: Union[torch.device, str] = "auto",
+        custom_objects: Optional[dict[str, Any]] = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfIRIS:
+        """Load a model saved with :meth:`save` (see ``BaseAlgorithm.load``).
+
+        A file that is not a zip archive, is truncated or corrupted, or lacks the IRIS parts raises a
+        ``ValueError`` that names the file and the problem.
+        """
+        _check_model_archive(path)
+        try:
+            return super().load(
+                path,
+                env=env,
+                device=device,
+                custom_objects=custom_objects,
+                print_system_info=print_system_info,
+                force_reset=force_reset,
+                **kwargs,
+            )
+        except (
+            zipfile.BadZipFile,
+            KeyError,
+            EOFError,
+            AssertionError,
+            pickle.UnpicklingError,
+            RuntimeError,
+            json.JSONDecodeError,
+            UnicodeDecodeError,
+        ) as e:
+            raise ValueError(f"could not load IRIS model from {path}: {type(e).__name__}: {e}") from e
 
     # ----------------------------------------------------------------------------------------------
     # Data: tokens of replay observations
     # ----------------------------------------------------------------------------------------------
+
+    def _autocast(self):
+        """bf16 autocast context when mixed precision is enabled for this device, else a no-op."""
+        return autocast_context(self.performance, self.device)
 
     def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(array, device=self.device)
@@ -256,10 +344,11 @@ class IRIS(BaseAlgorithm):
     def _tokenize(self, observations: np.ndarray) -> torch.Tensor:
         """Tokens ``(N, K)`` of raw observations ``(N, *obs_shape)``, computed in chunks."""
         tokenizer = self.policy.tokenizer
-        chunks = [
-            tokenizer.tokenize(tokenizer.preprocess(self._to_tensor(observations[i : i + TOKENIZE_CHUNK])))
-            for i in range(0, len(observations), TOKENIZE_CHUNK)
-        ]
+        with self._autocast():
+            chunks = [
+                tokenizer.tokenize(tokenizer.preprocess(self._to_tensor(observations[i : i + TOKENIZE_CHUNK])))
+                for i in range(0, len(observations), TOKENIZE_CHUNK)
+            ]
         if not chunks:
             return torch.empty(0, tokenizer.tokens_per_obs, dtype=torch.long, device=self.device)
         return torch.cat(chunks)
@@ -313,7 +402,8 @@ class IRIS(BaseAlgorithm):
         all_tokens = []
         for _ in range(self.tokenizer_updates_per_epoch):
             frames, _, _ = self.replay_buffer.sample_frames(self.tokenizer_batch_size)
-            losses, tokens = tokenizer.compute_loss(tokenizer.preprocess(self._to_tensor(frames)))
+            with self._autocast():
+                losses, tokens = tokenizer.compute_loss(tokenizer.preprocess(self._to_tensor(frames)))
             self._clip_and_step(losses.total, tokenizer, self.policy.tokenizer_optimizer)
             for name in totals:
                 totals[name].append(getattr(losses, name).item())
@@ -339,13 +429,14 @@ class IRIS(BaseAlgorithm):
             obs_tokens = self.segment_tokens(
                 batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding
             )
-            losses = world_model.compute_loss(
-                obs_tokens,
-                self._to_tensor(batch.actions).long(),
-                self._to_tensor(batch.rewards).float(),
-                self._to_tensor(batch.terminations),
-                self._to_tensor(batch.mask_padding),
-            )
+            with self._autocast():
+                losses = world_model.compute_loss(
+                    obs_tokens,
+                    self._to_tensor(batch.actions).long(),
+                    self._to_tensor(batch.rewards).float(),
+                    self._to_tensor(batch.terminations),
+                    self._to_tensor(batch.mask_padding),
+                )
             self._clip_and_step(losses.total, world_model, self.policy.world_model_optimizer)
             for name in totals:
                 totals[name].append(getattr(losses, name).item())
@@ -368,16 +459,27 @@ class IRIS(BaseAlgorithm):
         )
         self.policy.tokenizer.eval()
         self.policy.world_model.eval()
-        return imagine_rollouts(
-            self.policy.tokenizer,
-            self.policy.world_model,
-            self.policy.actor_critic,
-            context_tokens,
-            self._to_tensor(batch.mask_padding),
-            self.imagination_horizon,
-            temperature=self.imagination_temperature,
-            keep_observations=keep_observations,
-        )
+        with self._autocast():
+            return imagine_rollouts(
+                self.policy.tokenizer,
+                self.policy.world_model,
+                self.policy.actor_critic,
+                context_tokens,
+                self._to_tensor(batch.mask_padding),
+                self.imagination_horizon,
+                temperature=self.imagination_temperature,
+                keep_observations=keep_observations,
+                cache=self._imagination_cache(batch_size),
+                merge_last_token=self.performance.merge_last_token,
+            )
+
+    def _imagination_cache(self, batch_size: int):
+        """A KV cache reused across actor-critic updates (no per-update allocation)."""
+        cache = getattr(self, "_kv_cache", None)
+        if cache is None or cache.batch_size != batch_size:
+            cache = self.policy.world_model.new_cache(batch_size, self.device)
+            self._kv_cache = cache
+        return cache
 
     def _train_actor_critic(self) -> dict[str, float]:
         actor_critic = self.policy.actor_critic
@@ -387,7 +489,7 @@ class IRIS(BaseAlgorithm):
         for _ in range(self.actor_critic_updates_per_epoch):
             rollout = self.imagine(self.actor_critic_batch_size)
             returns = compute_lambda_returns(
-                rollout.rewards, rollout.values.detach(), rollout.ends, self.gamma, self.gae_lambda
+                rollout.rewards.float(), rollout.values.detach().float(), rollout.ends, self.gamma, self.gae_lambda
             )
             losses = actor_critic_loss(
                 rollout.logits[:, :-1], rollout.actions[:, :-1], rollout.values[:, :-1], returns[:, :-1], self.ent_coef
@@ -533,11 +635,13 @@ class IRIS(BaseAlgorithm):
         :param reset_num_timesteps: start counting timesteps from zero (False continues the count)
         :param progress_bar: show a tqdm/rich progress bar
         """
+        if self.env is None:
+            # Checked before _setup_learn, whose own check is a bare assert.
+            raise ValueError("IRIS.learn() needs an environment: pass env= to IRIS() or IRIS.load(), or call set_env()")
         env_was_reset = reset_num_timesteps or self._last_obs is None
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
-        assert self.env is not None, "IRIS.learn() needs an environment: pass env= or call set_env()"
         if self.replay_buffer.n_envs != self.n_envs:
             if self.replay_buffer.n_steps > 0:
                 raise ValueError(
@@ -603,7 +707,13 @@ class IRIS(BaseAlgorithm):
         """
         from stable_baselines3.common.save_util import load_from_pkl
 
-        buffer = load_from_pkl(path, self.verbose)
+        try:
+            buffer = load_from_pkl(path, self.verbose)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"could not load an IRIS replay buffer from {path!s}: not a file written by save_replay_buffer() "
+                f"({type(e).__name__}: {e})"
+            ) from e
         if not isinstance(buffer, EpisodeReplayBuffer):
             raise TypeError(f"{path!s} does not contain an IRIS EpisodeReplayBuffer (found {type(buffer).__name__})")
         if buffer.observation_space.shape != self.observation_space.shape:
@@ -612,6 +722,41 @@ class IRIS(BaseAlgorithm):
                 f"{self.observation_space.shape}"
             )
         self.replay_buffer = buffer
+
+
+def _check_model_archive(path: Union[str, pathlib.Path, io.BufferedIOBase]) -> None:
+    """Raise ``ValueError`` if ``path`` is not a readable IRIS model archive (file-likes are left to SB3)."""
+    if not isinstance(path, (str, pathlib.Path)):
+        return
+    file_path = pathlib.Path(path)
+    if not file_path.exists() and file_path.suffix != ".zip":
+        file_path = file_path.with_name(file_path.name + ".zip")  # SB3's open_path adds the suffix too
+    if not file_path.is_file():
+        return  # SB3 raises FileNotFoundError
+    try:
+        with zipfile.ZipFile(file_path) as archive:
+            names = set(archive.namelist())
+            corrupted = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        size = os.path.getsize(file_path)
+        raise ValueError(
+            f"could not load IRIS model from {path}: not a valid zip archive ({size} bytes; truncated or not a "
+            f"file written by IRIS.save()): {e}"
+        ) from e
+    if corrupted is not None:
+        raise ValueError(f"could not load IRIS model from {path}: member {corrupted!r} of the zip archive is corrupted")
+    expected = ["data", *(f"{n}.pth" for n in STATE_DICT_NAMES)]
+    missing = [name for name in expected if name not in names]
+    if len(missing) == len(expected):
+        raise ValueError(
+            f"could not load IRIS model from {path}: no IRIS model in this zip archive (none of {expected} found); "
+            "the file is truncated or was not written by IRIS.save()"
+        )
+    if missing:
+        raise ValueError(
+            f"could not load IRIS model from {path}: the archive lacks {missing} (a model of another algorithm, "
+            "or a damaged file?)"
+        )
 
 
 def _check_observation_space(observation_space: spaces.Space) -> None:

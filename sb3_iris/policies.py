@@ -31,7 +31,9 @@ def _build_config(config_class: type, kwargs: Optional[dict[str, Any]], argument
     valid = {f.name for f in fields(config_class)}
     unknown = sorted(set(kwargs) - valid)
     if unknown:
-        raise ValueError(f"policy_kwargs['{argument}'] has unknown keys {unknown}; valid keys: {sorted(valid - set(fixed))}")
+        raise ValueError(
+            f"policy_kwargs['{argument}'] has unknown keys {unknown}; valid keys: {sorted(valid - set(fixed))}"
+        )
     clashing = sorted(set(kwargs) & set(fixed))
     if clashing:
         raise ValueError(
@@ -42,6 +44,19 @@ def _build_config(config_class: type, kwargs: Optional[dict[str, Any]], argument
         if isinstance(value, list):
             kwargs[key] = tuple(value)
     return config_class(**kwargs, **fixed)
+
+
+def _make_optimizer(
+    optimizer_class: type[torch.optim.Optimizer], params: Any, learning_rate: float, fused: bool, extra: dict
+) -> torch.optim.Optimizer:
+    """Build an optimiser, with fused kernels when asked and supported (older torch: plain kernels)."""
+    params = list(params)
+    if fused and "fused" not in extra:
+        try:
+            return optimizer_class(params, lr=learning_rate, fused=True, **extra)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return optimizer_class(params, lr=learning_rate, **extra)
 
 
 class IrisPolicy(BasePolicy):
@@ -137,13 +152,29 @@ class IrisPolicy(BasePolicy):
         )
         self.actor_critic = ActorCritic(actor_critic_config)
 
+        self.make_optimizers(lr_schedule)
+
+    def make_optimizers(self, lr_schedule: Schedule, fused: bool = False) -> None:
+        """(Re)create the three optimisers: Adam for tokenizer and actor-critic, AdamW for the world model.
+
+        :param lr_schedule: learning-rate schedule (its value at progress 1 is the initial rate)
+        :param fused: use fused kernels where this torch supports them for the parameters' device
+        """
         learning_rate = lr_schedule(1)
         extra = dict(self.optimizer_kwargs)
-        self.tokenizer_optimizer = torch.optim.Adam(self.tokenizer.parameters(), lr=learning_rate, **extra)
-        self.world_model_optimizer = torch.optim.AdamW(
-            self.world_model.weight_decay_groups(self.world_model_weight_decay), lr=learning_rate, **extra
+        self.tokenizer_optimizer = _make_optimizer(
+            torch.optim.Adam, self.tokenizer.parameters(), learning_rate, fused, extra
         )
-        self.actor_critic_optimizer = torch.optim.Adam(self.actor_critic.parameters(), lr=learning_rate, **extra)
+        self.world_model_optimizer = _make_optimizer(
+            torch.optim.AdamW,
+            self.world_model.weight_decay_groups(self.world_model_weight_decay),
+            learning_rate,
+            fused,
+            extra,
+        )
+        self.actor_critic_optimizer = _make_optimizer(
+            torch.optim.Adam, self.actor_critic.parameters(), learning_rate, fused, extra
+        )
         # SB3 code that looks for `policy.optimizer` (e.g. learning-rate logging) finds the actor-critic's.
         self.optimizer = self.actor_critic_optimizer
 

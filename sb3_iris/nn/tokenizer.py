@@ -303,7 +303,9 @@ def _level_blocks(
 
 def _middle_block(channels: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
-        ResidualBlock(channels, channels, dropout), SpatialSelfAttention(channels), ResidualBlock(channels, channels, dropout)
+        ResidualBlock(channels, channels, dropout),
+        SpatialSelfAttention(channels),
+        ResidualBlock(channels, channels, dropout),
     )
 
 
@@ -522,9 +524,9 @@ class MlpTokenizer(Tokenizer):
     def reconstruction_loss(self, x: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config
         reconstruction = reconstruction.float()
-        loss = config.l1_weight * (x - reconstruction).abs().mean() + config.l2_weight * (x - reconstruction).pow(
-            2
-        ).mean()
+        loss = (
+            config.l1_weight * (x - reconstruction).abs().mean() + config.l2_weight * (x - reconstruction).pow(2).mean()
+        )
         return loss, torch.zeros((), device=x.device)
 
 

@@ -43,7 +43,7 @@ class TransformerConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` for impossible configurations."""
-        if self.embed_dim % self.num_heads != 0:
+        if self.num_heads >= 1 and self.embed_dim % self.num_heads != 0:
             raise ValueError(f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}")
         for name in ("tokens_per_block", "max_blocks", "num_layers", "num_heads", "embed_dim"):
             if getattr(self, name) < 1:
