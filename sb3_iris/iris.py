@@ -776,6 +776,11 @@ def _check_env_spaces(env: Any) -> None:
             f"IRIS supports only Discrete action spaces, got action_space={action_space} "
             f"({type(action_space).__name__})"
         )
+    if action_space is not None and int(action_space.start) != 0:
+        raise ValueError(
+            f"IRIS needs Discrete action spaces that start at 0, got action_space={action_space} "
+            f"(start={action_space.start}); wrap the env to shift its actions"
+        )
     observation_space = getattr(env, "observation_space", None)
     if observation_space is not None:
         _check_observation_space(observation_space)

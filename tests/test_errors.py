@@ -52,6 +52,19 @@ def test_multidiscrete_action_space():
         IRIS("MlpPolicy", env, **tiny_iris_kwargs(image=False))
 
 
+def test_discrete_action_space_not_starting_at_zero():
+    """IRIS would send actions 0..n-1 to an env that expects start..start+n-1: refused."""
+    env = SpacesEnv(VECTOR, spaces.Discrete(3, start=1))
+    with pytest.raises(ValueError, match=r"Discrete action spaces that start at 0.*start=1"):
+        IRIS("MlpPolicy", env, **tiny_iris_kwargs(image=False))
+
+
+def test_discrete_observation_space():
+    env = SpacesEnv(spaces.Discrete(5), spaces.Discrete(2))
+    with pytest.raises(ValueError, match=r"supports only Box observation spaces.*Discrete"):
+        IRIS("MlpPolicy", env, **tiny_iris_kwargs(image=False))
+
+
 def test_cnn_policy_with_vector_observations():
     with pytest.raises(ValueError, match=r"CnnPolicy needs image observations.*Use MlpPolicy"):
         IRIS("CnnPolicy", "CartPole-v1", **tiny_iris_kwargs(image=True))

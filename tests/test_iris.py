@@ -248,6 +248,30 @@ def test_images_are_transposed_and_predict_accepts_hwc():
     assert int(single) == int(actions_hwc[0])
 
 
+class RandomVectorEnv(gym.Env):
+    """float64 vector observations (SB3 accepts any float Box), episodes of 15 steps."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float64)
+    action_space = gym.spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self._t += 1
+        return self.observation_space.sample(), float(action == 1), self._t >= 15, False, {}
+
+
+def test_float64_vector_observations_train():
+    model = IRIS("MlpPolicy", RandomVectorEnv(), seed=0, **tiny_iris_kwargs(image=False))
+    model.learn(50)
+    assert model.num_timesteps == 50
+    action, _ = model.predict(np.zeros(3), deterministic=True)
+    assert model.action_space.contains(int(action))
+
+
 # --------------------------------------------------------------------------------------------------
 # Several envs
 # --------------------------------------------------------------------------------------------------

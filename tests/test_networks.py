@@ -691,3 +691,13 @@ def test_published_parameter_counts_within_ten_percent():
     model = torch.nn.Linear(3, 2)
     model.bias.requires_grad_(False)
     assert count_parameters(model) == 6
+
+
+@pytest.mark.parametrize("field", ["obs_vocab_size", "num_actions", "tokens_per_obs", "max_blocks"])
+def test_world_model_config_rejects_non_positive_sizes(field):
+    from sb3_iris.nn.world_model import WorldModel, WorldModelConfig
+
+    config = WorldModelConfig(obs_vocab_size=8, num_actions=2, tokens_per_obs=2, num_layers=1, num_heads=1, embed_dim=8)
+    setattr(config, field, 0)
+    with pytest.raises(ValueError, match=field):
+        WorldModel(config)

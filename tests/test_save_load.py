@@ -210,3 +210,19 @@ def test_saved_file_does_not_pickle_device_tensors(tmp_path):
     loaded = IRIS.load(tmp_path / "iris.zip", env=model.env)
     loaded.learn(50, reset_num_timesteps=False)
     assert loaded.num_timesteps == 100
+
+
+def test_load_like_rl_zoo_enjoy(trained):
+    """rl_zoo3.enjoy loads with custom_objects replacing the schedules, a seed and no env, then predicts."""
+    model, path = trained
+    custom_objects = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.0}
+    loaded = IRIS.load(path, custom_objects=custom_objects, device="cpu", seed=0)
+    obs = observations_for(model, n=1)
+    state, episode_start = None, np.ones((1,), dtype=bool)
+    for _ in range(3):
+        action, state = loaded.predict(obs, state=state, episode_start=episode_start, deterministic=True)
+        episode_start = np.zeros((1,), dtype=bool)
+        assert action.shape == (1,)
+    expected, _ = model.predict(obs, deterministic=True)
+    first, _ = loaded.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(first, expected)

@@ -51,6 +51,13 @@ class WorldModelConfig:
     def tokens_per_block(self) -> int:
         return self.tokens_per_obs + 1
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` for impossible configurations."""
+        for name in ("obs_vocab_size", "num_actions", "tokens_per_obs", "max_blocks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        self.transformer_config().validate()
+
     def transformer_config(self) -> TransformerConfig:
         return TransformerConfig(
             tokens_per_block=self.tokens_per_block,
@@ -131,6 +138,7 @@ class WorldModel(nn.Module):
 
     def __init__(self, config: WorldModelConfig) -> None:
         super().__init__()
+        config.validate()
         self.config = config
         transformer_config = config.transformer_config()
         self.transformer = Transformer(transformer_config)
