@@ -35,6 +35,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_iris.nn.tokenizer import codebook_usage
@@ -475,66 +476,12 @@ class WorldModelEvalCallback(_IrisEpochCallback):
         return batch
 
     def _log_epoch(self, final: bool) -> bool:
-        model = self.model
-        policy = model.policy
-        tokenizer, world_model = policy.tokenizer, policy.world_model
-        length = int(self.sequence_length or model.sequence_length)
-        length = min(length, world_model.config.max_blocks)
-        batch = self._segments(length)
+        world_model = self.model.policy.world_model
+        length = int(self.sequence_length or self.model.sequence_length)
+        batch = self._segments(min(length, world_model.config.max_blocks))
         if batch is None:
             return False
-        device = model.device
-        mask = torch.as_tensor(batch["mask"], device=device)
-        n, length = mask.shape
-        real_obs = torch.as_tensor(batch["observations"][batch["mask"]], device=device)
-        x = tokenizer.preprocess(real_obs)
-        real_tokens = tokenizer.tokenize(x)
-        reconstruction = tokenizer.decode_tokens(real_tokens).float()
-        # Padded steps hold the tokens of an all-zero observation, like in training (they are masked anyway).
-        zero = torch.zeros((1, *real_obs.shape[1:]), dtype=real_obs.dtype, device=device)
-        padding_tokens = tokenizer.tokenize(tokenizer.preprocess(zero))[0]
-        obs_tokens = padding_tokens.expand(n, length, -1).clone()
-        obs_tokens[mask] = real_tokens
-
-        actions = torch.as_tensor(batch["actions"], device=device)
-        rewards = torch.as_tensor(batch["rewards"], device=device)
-        terminations = torch.as_tensor(batch["terminations"], device=device)
-        output = world_model(interleave_tokens(obs_tokens, actions))
-        labels_obs, labels_rewards, labels_ends = world_model_labels(obs_tokens, rewards, terminations, mask)
-        logits_obs = output.logits_observations[:, :-1].float()
-
-        metrics: dict[str, float] = {}
-
-        def classification(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            logits, labels = logits.flatten(0, -2), labels.flatten()
-            valid = labels != IGNORE_INDEX
-            if valid.any():
-                metrics[f"{name}_loss"] = float(torch.nn.functional.cross_entropy(logits[valid].float(), labels[valid]))
-            correct = logits.argmax(-1) == labels
-            return correct & valid
-
-        correct_obs = classification("observation", logits_obs, labels_obs)
-        valid_obs = labels_obs.flatten() != IGNORE_INDEX
-        if valid_obs.any():
-            metrics["next_token_accuracy"] = float(correct_obs.sum() / valid_obs.sum())
-        correct_rewards = classification("reward", output.logits_rewards, labels_rewards)
-        correct_ends = classification("end", output.logits_ends, labels_ends)
-        flat_mask = mask.flatten()
-        n_steps = int(flat_mask.sum())
-        metrics["reward_sign_accuracy"] = float(correct_rewards.sum()) / n_steps
-        metrics["end_accuracy"] = float(correct_ends.sum()) / n_steps
-        nonzero = (rewards != 0).flatten() & flat_mask
-        if nonzero.any():
-            metrics["reward_sign_accuracy_nonzero"] = float(correct_rewards[nonzero].float().mean())
-        ended = terminations.flatten() & flat_mask
-        if ended.any():
-            metrics["end_recall"] = float(correct_ends[ended].float().mean())
-        metrics["reconstruction_l1"] = float((x.float() - reconstruction).abs().mean())
-        used, perplexity = codebook_usage(real_tokens, tokenizer.vocab_size)
-        metrics["codebook_usage"] = used
-        metrics["codebook_perplexity"] = perplexity
-        metrics["n_segments"] = float(n)
-        metrics["n_steps"] = float(n_steps)
+        metrics = self.evaluate_segments(**batch)
         for key, value in metrics.items():
             self.logger.record(f"iris_eval/{key}", value)
         self.last_metrics = metrics
@@ -544,3 +491,77 @@ class WorldModelEvalCallback(_IrisEpochCallback):
                 + ", ".join(f"{k}={v:.3g}" for k, v in sorted(metrics.items()))
             )
         return True
+
+    @torch.no_grad()
+    def evaluate_segments(
+        self,
+        observations: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        terminations: np.ndarray,
+        mask: np.ndarray,
+    ) -> dict[str, float]:
+        """Metrics of the model's world model and tokenizer on a batch of segments (networks used as they are).
+
+        :param observations: ``(B, L, *obs_shape)`` raw observations (policy layout)
+        :param actions: ``(B, L)`` actions
+        :param rewards: ``(B, L)`` rewards
+        :param terminations: ``(B, L)`` episode terminations
+        :param mask: ``(B, L)`` True for real steps (segments are right-padded)
+        :return: the metrics, keys without the ``iris_eval/`` prefix
+        """
+        model = self.model
+        tokenizer, world_model = model.policy.tokenizer, model.policy.world_model
+        device = model.device
+        mask_t = torch.as_tensor(mask, device=device)
+        n, length = mask_t.shape
+        real_obs = torch.as_tensor(observations[mask], device=device)
+        x = tokenizer.preprocess(real_obs)
+        real_tokens = tokenizer.tokenize(x)
+        reconstruction = tokenizer.decode_tokens(real_tokens).float()
+        # Padded steps hold the tokens of an all-zero observation, as in training (their labels are ignored).
+        zero = torch.zeros((1, *real_obs.shape[1:]), dtype=real_obs.dtype, device=device)
+        padding_tokens = tokenizer.tokenize(tokenizer.preprocess(zero))[0]
+        obs_tokens = padding_tokens.expand(n, length, -1).clone()
+        obs_tokens[mask_t] = real_tokens
+
+        actions_t = torch.as_tensor(actions, device=device).long()
+        rewards_t = torch.as_tensor(rewards, device=device).float()
+        terminations_t = torch.as_tensor(terminations, device=device).bool()
+        output = world_model(interleave_tokens(obs_tokens, actions_t))
+        labels_obs, labels_rewards, labels_ends = world_model_labels(obs_tokens, rewards_t, terminations_t, mask_t)
+        # As in WorldModel.compute_loss: the last action token would predict a frame beyond the segment.
+        logits_obs = output.logits_observations[:, :-1]
+
+        metrics: dict[str, float] = {}
+
+        def correct_predictions(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            logits, labels = logits.flatten(0, -2).float(), labels.flatten()
+            valid = labels != IGNORE_INDEX
+            if valid.any():
+                metrics[f"{name}_loss"] = float(F.cross_entropy(logits[valid], labels[valid]))
+            return (logits.argmax(-1) == labels) & valid
+
+        correct_obs = correct_predictions("observation", logits_obs, labels_obs)
+        valid_obs = labels_obs.flatten() != IGNORE_INDEX
+        if valid_obs.any():
+            metrics["next_token_accuracy"] = float(correct_obs.sum() / valid_obs.sum())
+        correct_rewards = correct_predictions("reward", output.logits_rewards, labels_rewards)
+        correct_ends = correct_predictions("end", output.logits_ends, labels_ends)
+        flat_mask = mask_t.flatten()
+        n_steps = int(flat_mask.sum())
+        metrics["reward_sign_accuracy"] = float(correct_rewards.sum()) / n_steps
+        metrics["end_accuracy"] = float(correct_ends.sum()) / n_steps
+        nonzero = (rewards_t != 0).flatten() & flat_mask
+        if nonzero.any():
+            metrics["reward_sign_accuracy_nonzero"] = float(correct_rewards[nonzero].float().mean())
+        ended = terminations_t.flatten() & flat_mask
+        if ended.any():
+            metrics["end_recall"] = float(correct_ends[ended].float().mean())
+        metrics["reconstruction_l1"] = float((x.float() - reconstruction).abs().mean())
+        used, perplexity = codebook_usage(real_tokens, tokenizer.vocab_size)
+        metrics["codebook_usage"] = used
+        metrics["codebook_perplexity"] = perplexity
+        metrics["n_segments"] = float(n)
+        metrics["n_steps"] = float(n_steps)
+        return metrics

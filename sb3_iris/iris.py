@@ -190,6 +190,8 @@ class IRIS(BaseAlgorithm):
         self.merge_last_token = merge_last_token
         self.fused_optimizers = fused_optimizers
         self._n_epochs = 0
+        self.last_phase_seconds: dict[str, float] = {}
+        self.last_collection_seconds = 0.0
         self._collection_state: Optional[LSTMState] = None
         self._validate_hyperparameters()
         if _init_setup_model:
@@ -536,6 +538,7 @@ class IRIS(BaseAlgorithm):
                 self._epoch_padding_tokens = None
         for key, value in metrics.items():
             self.logger.record(key, value)
+        self.last_phase_seconds = phase_times
         for name, seconds in phase_times.items():
             self.logger.record(f"time/{name}_seconds", seconds)
         self.logger.record("train/n_updates", self._n_updates)
@@ -589,6 +592,7 @@ class IRIS(BaseAlgorithm):
         :param callback: callback called after every env step
         :param n_vec_steps: VecEnv steps to collect
         """
+        start = time.perf_counter()
         self.policy.set_training_mode(False)
         self._collection_state = self._burn_in_collection_state()
         callback.on_rollout_start()
@@ -609,6 +613,8 @@ class IRIS(BaseAlgorithm):
             self._last_episode_starts = dones
             self._episode_num += int(dones.sum())
             self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
+        self.last_collection_seconds = time.perf_counter() - start
+        self.logger.record("time/collection_seconds", self.last_collection_seconds)
         callback.on_rollout_end()
         return True
 

@@ -219,6 +219,7 @@ class _Session:
         )
         width = model.observation_space.shape[-1] if self.is_image else 64
         self.scale = args.scale or _default_scale(width)
+        self._render_failed = False
         self.policy.set_training_mode(False)
 
     # -- frames -------------------------------------------------------------------------------------
@@ -234,9 +235,16 @@ class _Session:
         return to_uint8_images(reconstruction[0], channels_first=True)
 
     def render(self) -> Optional[np.ndarray]:
-        if getattr(self.env, "render_mode", None) != "rgb_array":
+        if self._render_failed or getattr(self.env, "render_mode", None) != "rgb_array":
             return None
-        frame = self.env.render()
+        try:
+            frame = self.env.render()
+        except Exception as error:  # e.g. a missing rendering dependency (pygame for classic control)
+            if not self.is_image:
+                raise UsageError(f"cannot render {self.args.env}: {error}") from error
+            print(f"warning: cannot render {self.args.env} ({error}): showing the observations", file=sys.stderr)
+            self._render_failed = True
+            return None
         return None if frame is None else np.asarray(frame, dtype=np.uint8)
 
     def emit(self, panels: list[np.ndarray], lines: list[str], end: bool = False) -> None:
@@ -274,7 +282,8 @@ class _Session:
             self.emit(panels, [f"real  ep {episode}  step {steps}  return {total:g}", self._step_text(action, reward)])
             if terminated or truncated or (limit is not None and steps >= limit):
                 end_text = "END" if terminated else ("TRUNCATED" if truncated else "STOP")
-                self.emit(self.real_panels(observation), [f"real  ep {episode}  return {total:g}", end_text], terminated)
+                lines = [f"real  ep {episode}  return {total:g}", end_text]
+                self.emit(self.real_panels(observation), lines, end=terminated)
                 break
         return total, steps
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import ColorBoxEnv, recording_logger, tiny_iris_kwargs
 from stable_baselines3.common.callbacks import (
     BaseCallback,
@@ -158,6 +159,7 @@ def test_eval_callback_runs_and_records(tmp_path):
     IRIS.load(tmp_path / "best_model.zip").predict(eval_env.reset(), deterministic=True)
 
 
+@pytest.mark.filterwarnings("ignore::tqdm.TqdmExperimentalWarning")
 def test_progress_bar():
     model = IRIS("MlpPolicy", "CartPole-v1", seed=0, **tiny_iris_kwargs(image=False))
     model.learn(100, progress_bar=True, callback=RecordingCallback())
