@@ -37,6 +37,9 @@ SelfIRIS = TypeVar("SelfIRIS", bound="IRIS")
 # Frames tokenized per tokenizer call when filling world-model / imagination batches (bounds memory).
 TOKENIZE_CHUNK = 512
 
+# At verbose >= 1, a training phase running longer than this prints its progress this often (seconds).
+PROGRESS_PRINT_SECONDS = 30.0
+
 # The state dicts saved with the model (policy, then the three optimisers), each as ``<name>.pth`` in the zip.
 STATE_DICT_NAMES = (
     "policy",
@@ -266,6 +269,7 @@ class IRIS(BaseAlgorithm):
                 f"(world_model_kwargs max_blocks={max_blocks})"
             )
         self.replay_buffer = self._make_replay_buffer()
+        self.replay_buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
         self._collection_state = None
         self._epoch_padding_tokens: Optional[torch.Tensor] = None
 
@@ -397,12 +401,30 @@ class IRIS(BaseAlgorithm):
         torch.nn.utils.clip_grad_norm_(module.parameters(), self.max_grad_norm)
         optimizer.step()
 
+    def _report_progress(self, done: int, total: int) -> None:
+        """At verbose >= 1, print the progress of a long training phase every ``PROGRESS_PRINT_SECONDS``."""
+        progress = getattr(self, "_phase_progress", None)
+        if self.verbose < 1 or progress is None or done == 0:
+            return
+        phase, start, last_print = progress
+        now = time.perf_counter()
+        if now - last_print < PROGRESS_PRINT_SECONDS:
+            return
+        self._phase_progress = (phase, start, now)
+        elapsed = now - start
+        eta = elapsed / done * (total - done)
+        print(
+            f"IRIS epoch {self._n_epochs} {phase}: {done}/{total} updates, {elapsed:.0f}s elapsed, ~{eta:.0f}s left",
+            file=sys.stderr,
+        )
+
     def _train_tokenizer(self) -> dict[str, float]:
         tokenizer = self.policy.tokenizer
         tokenizer.train()
         totals = {"reconstruction": [], "commitment": [], "perceptual": [], "total": []}
         all_tokens = []
-        for _ in range(self.tokenizer_updates_per_epoch):
+        for update in range(self.tokenizer_updates_per_epoch):
+            self._report_progress(update, self.tokenizer_updates_per_epoch)
             frames, _, _ = self.replay_buffer.sample_frames(self.tokenizer_batch_size)
             with self._autocast():
                 losses, tokens = tokenizer.compute_loss(tokenizer.preprocess(self._to_tensor(frames)))
@@ -426,7 +448,8 @@ class IRIS(BaseAlgorithm):
         self.policy.tokenizer.eval()
         world_model.train()
         totals = {"total": [], "observations": [], "rewards": [], "ends": []}
-        for _ in range(self.world_model_updates_per_epoch):
+        for update in range(self.world_model_updates_per_epoch):
+            self._report_progress(update, self.world_model_updates_per_epoch)
             batch = self.replay_buffer.sample_segments(self.world_model_batch_size, self.sequence_length, "both")
             obs_tokens = self.segment_tokens(
                 batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding
@@ -488,7 +511,8 @@ class IRIS(BaseAlgorithm):
         actor_critic.train()
         totals = {"total": [], "policy": [], "value": [], "entropy": []}
         imagined_returns, imagined_rewards = [], []
-        for _ in range(self.actor_critic_updates_per_epoch):
+        for update in range(self.actor_critic_updates_per_epoch):
+            self._report_progress(update, self.actor_critic_updates_per_epoch)
             rollout = self.imagine(self.actor_critic_batch_size)
             returns = compute_lambda_returns(
                 rollout.rewards.float(), rollout.values.detach().float(), rollout.ends, self.gamma, self.gae_lambda
@@ -530,6 +554,7 @@ class IRIS(BaseAlgorithm):
             if self.verbose >= 2:
                 print(f"IRIS epoch {epoch}: training {name}", file=sys.stderr)
             start = time.perf_counter()
+            self._phase_progress = (name, start, start)
             metrics.update(train_phase())
             phase_times[name] = time.perf_counter() - start
             if name == "tokenizer":
@@ -654,6 +679,7 @@ class IRIS(BaseAlgorithm):
                     f"the replay buffer holds data of {self.replay_buffer.n_envs} envs but the env has {self.n_envs}"
                 )
             self.replay_buffer = self._make_replay_buffer()
+            self.replay_buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
         if env_was_reset:
             # The env restarted its episodes: the replay's ongoing episodes end here.
             self.replay_buffer.close_ongoing_episodes()
@@ -727,6 +753,7 @@ class IRIS(BaseAlgorithm):
                 f"replay observations of shape {buffer.observation_space.shape} do not match the model's "
                 f"{self.observation_space.shape}"
             )
+        buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
         self.replay_buffer = buffer
 
 
