@@ -1,0 +1,216 @@
+"""Every speed-up gives the results of the plain path (exactly, or within a stated tolerance)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sb3_iris import IRIS
+from sb3_iris.imagination import imagine_rollouts
+from sb3_iris.nn.actor_critic import ActorCritic, ActorCriticConfig, actor_critic_loss, compute_lambda_returns
+from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig
+from sb3_iris.nn.world_model import WorldModel, WorldModelConfig
+from sb3_iris.performance import PerformanceOptions, autocast_context, cpu_supports_bf16
+from sb3_iris.policies import _make_optimizer
+from tests.conftest import ColorBoxEnv, tiny_iris_kwargs
+
+# bf16 keeps 8 bits of mantissa: losses of the same inputs agree to about 1%; we allow 5%.
+BF16_LOSS_RTOL = 5e-2
+
+
+def tiny_networks(num_actions: int = 3, max_blocks: int = 4):
+    torch.manual_seed(0)
+    tokenizer = ConvTokenizer(
+        ConvTokenizerConfig(
+            resolution=16,
+            base_channels=8,
+            channel_multipliers=(1, 1, 1),
+            encoder_res_blocks=1,
+            attention_resolutions=(8,),
+            z_channels=16,
+            embed_dim=16,
+            vocab_size=32,
+        )
+    )
+    world_model = WorldModel(
+        WorldModelConfig(
+            obs_vocab_size=32,
+            num_actions=num_actions,
+            tokens_per_obs=16,
+            num_layers=2,
+            num_heads=2,
+            embed_dim=32,
+            max_blocks=max_blocks,
+        )
+    )
+    actor_critic = ActorCritic(
+        ActorCriticConfig(num_actions=num_actions, observation_shape=(3, 16, 16), conv_channels=(8, 8), lstm_dim=32)
+    )
+    return tokenizer.eval(), world_model.eval(), actor_critic
+
+
+def flat_parameters(model: IRIS) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.policy.parameters()])
+
+
+def test_token_cache_gives_the_same_training_as_recomputing():
+    """Same seed, cached vs recomputed tokens: identical parameters after several epochs of all three phases."""
+    results = []
+    for use_token_cache in (True, False):
+        kwargs = tiny_iris_kwargs(image=True, use_token_cache=use_token_cache, seed=3)
+        model = IRIS("CnnPolicy", ColorBoxEnv(), **kwargs)
+        model.learn(3 * model.n_steps_per_epoch)
+        results.append(flat_parameters(model))
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-6)
+
+
+def test_segment_tokens_cached_equal_recomputed():
+    model = IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, seed=0))
+    model.learn(model.n_steps_per_epoch)
+    batch = model.replay_buffer.sample_segments(8, 5, "both")
+    args = (batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding)
+    model.use_token_cache = False
+    recomputed = model.segment_tokens(*args)
+    model.use_token_cache = True
+    first = model.segment_tokens(*args)  # fills the cache
+    second = model.segment_tokens(*args)  # served from the cache
+    assert torch.equal(recomputed, first) and torch.equal(first, second)
+    _, valid = model.replay_buffer.cached_tokens(
+        batch.env_indices[batch.mask_padding], batch.time_indices[batch.mask_padding]
+    )
+    assert valid.all()
+
+
+def test_merge_last_token_imagination_equals_plain():
+    """K passes per step (merged) vs K + 1 (plain), fixed seed, including cache re-priming (max_blocks=4, H=9)."""
+    tokenizer, world_model, actor_critic = tiny_networks()
+    context = torch.randint(0, 32, (4, 3, 16))
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    outputs = []
+    for merge in (False, True):
+        torch.manual_seed(1)
+        outputs.append(
+            imagine_rollouts(
+                tokenizer, world_model, actor_critic, context, mask, 9, keep_observations=True, merge_last_token=merge
+            )
+        )
+    plain, merged = outputs
+    assert torch.equal(plain.actions, merged.actions)
+    assert torch.equal(plain.rewards, merged.rewards) and torch.equal(plain.ends, merged.ends)
+    torch.testing.assert_close(plain.logits, merged.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain.observations, merged.observations, rtol=1e-5, atol=1e-5)
+
+
+def test_reused_kv_cache_equals_fresh_cache():
+    tokenizer, world_model, actor_critic = tiny_networks()
+    context = torch.randint(0, 32, (2, 3, 16))
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    cache = world_model.new_cache(2)
+    runs = []
+    for reuse in (None, cache, cache):
+        torch.manual_seed(5)
+        runs.append(imagine_rollouts(tokenizer, world_model, actor_critic, context, mask, 5, cache=reuse))
+    for run in runs[1:]:
+        assert torch.equal(run.actions, runs[0].actions)
+        torch.testing.assert_close(run.values, runs[0].values)
+
+
+def test_fused_optimizer_matches_plain():
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(8, 4)
+    fused_copy = torch.nn.Linear(8, 4)
+    fused_copy.load_state_dict(reference.state_dict())
+    plain = _make_optimizer(torch.optim.Adam, reference.parameters(), 1e-2, fused=False, extra={})
+    fused = _make_optimizer(torch.optim.Adam, fused_copy.parameters(), 1e-2, fused=True, extra={})
+    x = torch.randn(16, 8)
+    for _ in range(5):
+        for module, optimizer in ((reference, plain), (fused_copy, fused)):
+            optimizer.zero_grad()
+            module(x).pow(2).mean().backward()
+            optimizer.step()
+    for a, b in zip(reference.parameters(), fused_copy.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_tokenizer_equals_contiguous():
+    tokenizer, _, actor_critic = tiny_networks()
+    frames = tokenizer.preprocess(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8))
+    reference = tokenizer.decode(tokenizer.encode(frames).z_quantized)
+    reference_logits = actor_critic(reference, actor_critic.initial_state(4)).logits
+    tokenizer.to(memory_format=torch.channels_last)
+    actor_critic.to(memory_format=torch.channels_last)
+    encoded = tokenizer.encode(frames.contiguous(memory_format=torch.channels_last))
+    channels_last = tokenizer.decode(encoded.z_quantized)
+    torch.testing.assert_close(channels_last, reference, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        actor_critic(channels_last, actor_critic.initial_state(4)).logits, reference_logits, rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no bf16 instructions")
+def test_bf16_autocast_losses_match_fp32():
+    """Tokenizer, world-model and actor-critic losses under bf16 autocast are within BF16_LOSS_RTOL of fp32."""
+    tokenizer, world_model, actor_critic = tiny_networks()
+    frames = tokenizer.preprocess(torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8))
+    obs_tokens = torch.randint(0, 32, (4, 4, 16))
+    actions = torch.randint(0, 3, (4, 4))
+    rewards = torch.randn(4, 4)
+    ends = torch.zeros(4, 4, dtype=torch.bool)
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    context = torch.randint(0, 32, (4, 3, 16))
+    context_mask = torch.ones(4, 3, dtype=torch.bool)
+
+    def losses() -> dict[str, float]:
+        tokenizer_losses, _ = tokenizer.compute_loss(frames)
+        world_model_losses = world_model.compute_loss(obs_tokens, actions, rewards, ends, mask)
+        torch.manual_seed(2)
+        rollout = imagine_rollouts(tokenizer, world_model, actor_critic, context, context_mask, 4)
+        returns = compute_lambda_returns(
+            rollout.rewards.float(), rollout.values.detach().float(), rollout.ends, 0.99, 0.95
+        )
+        value_loss = actor_critic_loss(
+            rollout.logits[:, :-1], rollout.actions[:, :-1], rollout.values[:, :-1], returns[:, :-1], 0.001
+        ).value
+        return {
+            "tokenizer": tokenizer_losses.total.item(),
+            "world_model": world_model_losses.total.item(),
+            "first_action_logits": rollout.logits[:, 0].float(),
+            "value": value_loss.item(),
+        }
+
+    reference = losses()
+    with autocast_context(PerformanceOptions(mixed_precision=True), "cpu"):
+        mixed = losses()
+    for name in ("tokenizer", "world_model"):
+        assert mixed[name] == pytest.approx(reference[name], rel=BF16_LOSS_RTOL), name
+    # The first imagined action is chosen from the same start frame: logits agree to bf16 precision.
+    torch.testing.assert_close(mixed["first_action_logits"], reference["first_action_logits"], rtol=0.05, atol=0.05)
+    assert np.isfinite(mixed["value"])
+
+
+def test_performance_options_resolve_per_device():
+    cpu = PerformanceOptions().resolved(torch.device("cpu"))
+    assert cpu.mixed_precision is False and cpu.channels_last is False and cpu.merge_last_token is True
+    forced = PerformanceOptions(
+        mixed_precision=False, channels_last=True, merge_last_token=False, fused_optimizers=False
+    )
+    resolved = forced.resolved(torch.device("cpu"))
+    assert (resolved.mixed_precision, resolved.channels_last, resolved.merge_last_token, resolved.fused_optimizers) == (
+        False,
+        True,
+        False,
+        False,
+    )
+
+
+def test_switches_reach_the_model():
+    model = IRIS(
+        "CnnPolicy",
+        ColorBoxEnv(),
+        **tiny_iris_kwargs(image=True, merge_last_token=False, channels_last=True, fused_optimizers=False),
+    )
+    assert model.performance.merge_last_token is False
+    assert model.policy.tokenizer.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.policy.world_model_optimizer.defaults.get("fused")
+    model.learn(model.n_steps_per_epoch)
