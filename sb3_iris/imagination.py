@@ -122,11 +122,29 @@ def world_model_step(
 
 
 @torch.no_grad()
+def reconstruct_context(tokenizer: Tokenizer, context_tokens: torch.Tensor, mask_padding: torch.Tensor) -> torch.Tensor:
+    """Reconstructions ``(B, T + 1, *obs_shape)`` of the real frames of contexts; padded frames are zeros.
+
+    Padded frames never reach the LSTM (burn-in leaves the state unchanged there), so they are not decoded.
+
+    :param tokenizer: frozen tokenizer
+    :param context_tokens: ``(B, T + 1, K)``
+    :param mask_padding: ``(B, T + 1)`` True for real frames
+    """
+    real = mask_padding.bool()
+    decoded = tokenizer.decode_tokens(context_tokens[real])
+    reconstructions = decoded.new_zeros(*mask_padding.shape, *decoded.shape[1:])
+    reconstructions[real] = decoded
+    return reconstructions
+
+
+@torch.no_grad()
 def burn_in_start_state(
     tokenizer: Tokenizer,
     actor_critic: ActorCritic,
     context_tokens: torch.Tensor,
     mask_padding: torch.Tensor,
+    context_reconstructions: Optional[torch.Tensor] = None,
 ) -> tuple[LSTMState, torch.Tensor]:
     """Reconstruct the context frames from their tokens and burn the LSTM in on all but the last.
 
@@ -134,13 +152,14 @@ def burn_in_start_state(
     :param actor_critic: the actor-critic
     :param context_tokens: ``(B, T + 1, K)`` tokens of the burn-in frames and the start frame
     :param mask_padding: ``(B, T + 1)`` True for real frames (the last one must be real)
+    :param context_reconstructions: reconstructions of the context frames if already known (e.g. cached),
+        ``(B, T + 1, *obs_shape)``; computed from the tokens if None
     :return: the LSTM state after burn-in and the reconstructed start frame ``(B, *obs_shape)``
     """
-    b, length, k = context_tokens.shape
-    reconstructions = tokenizer.decode_tokens(context_tokens.reshape(b * length, k))
-    reconstructions = reconstructions.view(b, length, *reconstructions.shape[1:])
-    state = actor_critic.burn_in(reconstructions[:, :-1], mask_padding[:, :-1])
-    return state, reconstructions[:, -1]
+    if context_reconstructions is None:
+        context_reconstructions = reconstruct_context(tokenizer, context_tokens, mask_padding)
+    state = actor_critic.burn_in(context_reconstructions[:, :-1], mask_padding[:, :-1])
+    return state, context_reconstructions[:, -1]
 
 
 def imagine_rollouts(
@@ -154,6 +173,7 @@ def imagine_rollouts(
     keep_observations: bool = False,
     cache: Optional[KVCache] = None,
     merge_last_token: bool = False,
+    context_reconstructions: Optional[torch.Tensor] = None,
 ) -> ImaginationOutput:
     """Imagine ``horizon`` steps from real contexts; only the actor-critic receives gradient.
 
@@ -168,13 +188,17 @@ def imagine_rollouts(
     :param cache: a KV cache of batch size B to reuse (allocated if None)
     :param merge_last_token: write each frame's last token together with the next action token
         (K passes per step instead of K + 1; same results within float tolerance)
+    :param context_reconstructions: reconstructions of the context frames if already known (a cache),
+        ``(B, T + 1, *obs_shape)``; decoded from ``context_tokens`` if None
     """
     if horizon < 1:
         raise ValueError(f"horizon={horizon} must be >= 1")
     if not bool(mask_padding[:, -1].all()):
         raise ValueError("the last frame of every imagination context must be a real frame (mask_padding[:, -1])")
     batch_size = context_tokens.shape[0]
-    state, observations = burn_in_start_state(tokenizer, actor_critic, context_tokens, mask_padding)
+    state, observations = burn_in_start_state(
+        tokenizer, actor_critic, context_tokens, mask_padding, context_reconstructions
+    )
     obs_tokens = context_tokens[:, -1]
     if cache is None or cache.batch_size != batch_size:
         cache = world_model.new_cache(batch_size, context_tokens.device)

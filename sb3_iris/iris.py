@@ -26,7 +26,8 @@ from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_iris.buffers import EpisodeReplayBuffer
-from sb3_iris.imagination import imagine_rollouts
+from sb3_iris.caches import ReconstructionCache
+from sb3_iris.imagination import imagine_rollouts, reconstruct_context
 from sb3_iris.nn.actor_critic import LSTMState, actor_critic_loss, compute_lambda_returns
 from sb3_iris.nn.tokenizer import codebook_usage
 from sb3_iris.performance import PerformanceOptions, autocast_context, configure_modules
@@ -85,6 +86,8 @@ class IRIS(BaseAlgorithm):
     :param replay_memory_budget_gb: evict the oldest episodes once the replay data exceeds this many GB (None: no limit)
     :param use_token_cache: cache the frozen tokenizer's tokens per replay frame within an epoch (same results,
         much faster); False recomputes them for every batch
+    :param reconstruction_cache_gb: memory for caching the frozen tokenizer's reconstructions of the replay frames
+        used as imagination burn-in within an epoch (same results; 0 disables)
     :param mixed_precision: bf16 autocast for the forward passes where the device supports it (None: off;
         see the README's performance section for when it pays off); losses and optimiser states stay float32
     :param channels_last: NHWC memory format for the convolutional networks (None: on for CUDA, off for CPU)
@@ -134,6 +137,7 @@ class IRIS(BaseAlgorithm):
         buffer_size: Optional[int] = None,
         replay_memory_budget_gb: Optional[float] = None,
         use_token_cache: bool = True,
+        reconstruction_cache_gb: float = 1.0,
         mixed_precision: Optional[bool] = None,
         channels_last: Optional[bool] = None,
         merge_last_token: bool = True,
@@ -188,6 +192,7 @@ class IRIS(BaseAlgorithm):
         self.buffer_size = buffer_size
         self.replay_memory_budget_gb = replay_memory_budget_gb
         self.use_token_cache = use_token_cache
+        self.reconstruction_cache_gb = reconstruction_cache_gb
         self.mixed_precision = mixed_precision
         self.channels_last = channels_last
         self.merge_last_token = merge_last_token
@@ -239,6 +244,8 @@ class IRIS(BaseAlgorithm):
                 raise ValueError(f"{name}={getattr(self, name)} must be > 0")
         if self.buffer_size is not None and self.buffer_size < 1:
             raise ValueError(f"buffer_size={self.buffer_size} must be >= 1 or None")
+        if self.reconstruction_cache_gb < 0:
+            raise ValueError(f"reconstruction_cache_gb={self.reconstruction_cache_gb} must be >= 0")
         if self.replay_memory_budget_gb is not None and self.replay_memory_budget_gb <= 0:
             raise ValueError(f"replay_memory_budget_gb={self.replay_memory_budget_gb} must be > 0 or None")
 
@@ -270,6 +277,7 @@ class IRIS(BaseAlgorithm):
             )
         self.replay_buffer = self._make_replay_buffer()
         self.replay_buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
+        self._reconstruction_cache = ReconstructionCache(int(self.reconstruction_cache_gb * 1024**3), self.device)
         self._collection_state = None
         self._epoch_padding_tokens: Optional[torch.Tensor] = None
 
@@ -291,6 +299,8 @@ class IRIS(BaseAlgorithm):
             "_epoch_padding_tokens",
             "performance",
             "_kv_cache",
+            "_phase_progress",
+            "_reconstruction_cache",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
@@ -485,6 +495,9 @@ class IRIS(BaseAlgorithm):
         self.policy.tokenizer.eval()
         self.policy.world_model.eval()
         with self._autocast():
+            reconstructions = self.context_reconstructions(
+                context_tokens, batch.env_indices, batch.time_indices, batch.mask_padding
+            )
             return imagine_rollouts(
                 self.policy.tokenizer,
                 self.policy.world_model,
@@ -496,7 +509,43 @@ class IRIS(BaseAlgorithm):
                 keep_observations=keep_observations,
                 cache=self._imagination_cache(batch_size),
                 merge_last_token=self.performance.merge_last_token,
+                context_reconstructions=reconstructions,
             )
+
+    @torch.no_grad()
+    def context_reconstructions(
+        self, context_tokens: torch.Tensor, env_indices: np.ndarray, time_indices: np.ndarray, mask_padding: np.ndarray
+    ) -> torch.Tensor:
+        """Reconstructions ``(B, T + 1, *obs_shape)`` of replay contexts, through the per-epoch cache when enabled.
+
+        Padded frames are zeros (the burn-in ignores them). Equal to decoding every real frame's tokens.
+        """
+        mask = torch.as_tensor(mask_padding, device=self.device)
+        if self.reconstruction_cache_gb <= 0:
+            return reconstruct_context(self.policy.tokenizer, context_tokens, mask)
+        real = mask_padding.astype(bool)
+        env_real, time_real = env_indices[real], time_indices[real]
+        tokens_real = context_tokens[mask]
+        slots, found = self._reconstruction_cache.lookup(env_real, time_real)
+        missing = ~found
+        missing_rows = torch.as_tensor(missing, device=self.device)
+        found_rows = torch.as_tensor(found, device=self.device)
+        decoded = cached = None
+        if missing.any():
+            decoded = self.policy.tokenizer.decode_tokens(tokens_real[missing_rows])
+            self._reconstruction_cache.store(env_real[missing], time_real[missing], decoded)
+        if found.any():
+            cached = self._reconstruction_cache.gather(slots[found])
+        sample = decoded if decoded is not None else cached
+        assert sample is not None
+        frames = sample.new_empty(len(env_real), *sample.shape[1:])
+        if decoded is not None:
+            frames[missing_rows] = decoded.to(frames.dtype)
+        if cached is not None:
+            frames[found_rows] = cached.to(frames.dtype)
+        reconstructions = frames.new_zeros(*mask_padding.shape, *frames.shape[1:])
+        reconstructions[mask] = frames
+        return reconstructions
 
     def _imagination_cache(self, batch_size: int):
         """A KV cache reused across actor-critic updates (no per-update allocation)."""
@@ -560,6 +609,7 @@ class IRIS(BaseAlgorithm):
             if name == "tokenizer":
                 # Tokens cached with the previous tokenizer are stale now.
                 self.replay_buffer.invalidate_token_cache()
+                self._reconstruction_cache.clear()
                 self._epoch_padding_tokens = None
         for key, value in metrics.items():
             self.logger.record(key, value)

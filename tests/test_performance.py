@@ -214,3 +214,49 @@ def test_switches_reach_the_model():
     assert model.policy.tokenizer.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert not model.policy.world_model_optimizer.defaults.get("fused")
     model.learn(model.n_steps_per_epoch)
+
+
+def test_reconstruction_cache_gives_the_same_training_as_decoding():
+    """Burn-in reconstructions from the per-epoch cache vs decoded for every update: identical parameters."""
+    results = []
+    for cache_gb in (1.0, 0.0):
+        kwargs = tiny_iris_kwargs(
+            image=True, reconstruction_cache_gb=cache_gb, seed=4, actor_critic_updates_per_epoch=4
+        )
+        model = IRIS("CnnPolicy", ColorBoxEnv(), **kwargs)
+        model.learn(3 * model.n_steps_per_epoch)
+        results.append(flat_parameters(model))
+        if cache_gb > 0:
+            assert len(model._reconstruction_cache) > 0
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-6)
+
+
+def test_reconstruction_cache_respects_its_budget_and_returns_decoded_frames():
+    from sb3_iris.caches import ReconstructionCache
+
+    frame_bytes = 3 * 16 * 16 * 4
+    cache = ReconstructionCache(max_bytes=10 * frame_bytes, device=torch.device("cpu"))
+    frames = torch.randn(16, 3, 16, 16)
+    env_indices = np.zeros(16, dtype=np.int64)
+    time_indices = np.arange(16)
+    cache.store(env_indices, time_indices, frames)
+    assert len(cache) == 10 and cache.nbytes <= 10 * frame_bytes
+    slots, found = cache.lookup(env_indices, time_indices)
+    assert found[:10].all() and not found[10:].any()
+    assert torch.equal(cache.gather(slots[:10]), frames[:10])
+    cache.clear()
+    assert not cache.lookup(env_indices, time_indices)[1].any()
+
+
+def test_context_reconstructions_cached_equal_decoded():
+    model = IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, seed=0))
+    model.learn(model.n_steps_per_epoch)
+    batch = model.replay_buffer.sample_segments(6, 3, "left")
+    tokens = model.segment_tokens(batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding)
+    args = (tokens, batch.env_indices, batch.time_indices, batch.mask_padding)
+    first = model.context_reconstructions(*args)  # decodes and fills the cache
+    second = model.context_reconstructions(*args)  # from the cache
+    model.reconstruction_cache_gb = 0.0
+    plain = model.context_reconstructions(*args)
+    torch.testing.assert_close(first, plain, rtol=0, atol=1e-6)
+    torch.testing.assert_close(second, plain, rtol=0, atol=1e-6)
