@@ -4,8 +4,9 @@ Operations (the figures of the performance issue):
 - ``tokenizer_update``: one tokenizer gradient step (L1 + commitment) on ``--tokenizer-batch`` frames;
 - ``world_model_update_cold``: one world-model step on ``--wm-batch`` x ``--sequence-length`` steps, tokenizing
   its frames first; ``world_model_update_warm``: the same with tokens from the per-epoch token cache;
-- ``actor_critic_update``: burn-in + imagination + loss + step on ``--ac-batch`` rollouts (tokens of the real
-  contexts from the token cache, reconstructions decoded as in training);
+- ``actor_critic_update_cold``: burn-in + imagination + loss + step on ``--ac-batch`` rollouts (tokens of the
+  real contexts from the token cache, burn-in reconstructions decoded); ``actor_critic_update_warm``: the same
+  with the burn-in reconstructions from the per-epoch reconstruction cache;
 - ``act``: choosing one action in the real env (encode-decode + actor), batch 1.
 
 Usage::
@@ -28,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from sb3_iris.imagination import imagine_rollouts
+from sb3_iris.imagination import imagine_rollouts, reconstruct_context
 from sb3_iris.nn.actor_critic import ActorCritic, ActorCriticConfig, actor_critic_loss, compute_lambda_returns
 from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig
 from sb3_iris.nn.world_model import WorldModel, WorldModelConfig
@@ -65,17 +66,26 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_operation(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> dict:
-    """Median and spread of ``repeats`` timed calls after ``warmup`` untimed ones (seconds)."""
+    """Wall-clock median and spread of ``repeats`` calls after ``warmup`` untimed ones (seconds), and the
+    median process CPU time (all threads; unlike wall time, it barely moves when other processes load the machine).
+    """
     for _ in range(warmup):
         fn()
     synchronize(device)
-    samples = []
+    samples, cpu_samples = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         synchronize(device)
         samples.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples), "repeats": repeats}
+        cpu_samples.append(time.process_time() - cpu_start)
+    return {
+        "median_s": statistics.median(samples),
+        "min_s": min(samples),
+        "max_s": max(samples),
+        "median_cpu_s": statistics.median(cpu_samples),
+        "repeats": repeats,
+    }
 
 
 def build(preset: str, num_actions: int, device: torch.device):
@@ -177,7 +187,10 @@ def main(argv: list[str] | None = None) -> dict:
     def world_model_update_warm() -> None:
         world_model_step(wm_tokens)
 
-    def actor_critic_update() -> None:
+    with torch.no_grad(), autocast:
+        warm_reconstructions = reconstruct_context(tokenizer.eval(), ac_tokens, ac_mask)
+
+    def actor_critic_update(reconstructions: torch.Tensor | None = None) -> None:
         tokenizer.eval()
         world_model.eval()
         actor_critic.train()
@@ -191,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
                 args.horizon,
                 cache=ac_cache,
                 merge_last_token=options.merge_last_token,
+                context_reconstructions=reconstructions,
             )
             returns = compute_lambda_returns(
                 rollout.rewards, rollout.values.detach().float(), rollout.ends, 0.995, 0.95
@@ -219,10 +233,12 @@ def main(argv: list[str] | None = None) -> dict:
         "tokenizer_update": tokenizer_update,
         "world_model_update_cold": world_model_update_cold,
         "world_model_update_warm": world_model_update_warm,
-        "actor_critic_update": actor_critic_update,
+        "actor_critic_update_cold": actor_critic_update,
+        "actor_critic_update_warm": lambda: actor_critic_update(warm_reconstructions),
         "act": act,
     }
     selected = args.only or list(operations)
+    load_before = os.getloadavg()
     results = {}
     for name in selected:
         repeats = args.repeats * 10 if name == "act" else args.repeats
@@ -243,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
         "options": options.as_dict(),
         "results": results,
         "peak_cpu_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
     }
     if device.type == "cuda":
         report["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3

@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--updates", type=int, default=2, help="gradient steps per phase per timed epoch")
     parser.add_argument("--steps-per-epoch", type=int, default=200)
+    parser.add_argument("--tokenizer-batch", type=int, default=256, help="published: 256")
+    parser.add_argument("--wm-batch", type=int, default=64, help="published: 64")
+    parser.add_argument("--ac-batch", type=int, default=64, help="published: 64")
     parser.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--token-cache", choices=["on", "off"], default="on")
     parser.add_argument("--seed", type=int, default=0)
@@ -84,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
         "CnnPolicy" if "NoFrameskip" in args.env else "MlpPolicy",
         make_env(args.env, args.seed),
         n_steps_per_epoch=args.steps_per_epoch,
+        tokenizer_batch_size=args.tokenizer_batch,
+        world_model_batch_size=args.wm_batch,
+        actor_critic_batch_size=args.ac_batch,
         tokenizer_updates_per_epoch=args.updates,
         world_model_updates_per_epoch=args.updates,
         actor_critic_updates_per_epoch=args.updates,
@@ -123,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
         "fill_seconds": fill_seconds,
         "timed_epochs": args.epochs,
         "updates_per_phase": args.updates,
+        "batch_sizes": {"tokenizer": args.tokenizer_batch, "world_model": args.wm_batch, "actor_critic": args.ac_batch},
+        "published_batch_sizes": (args.tokenizer_batch, args.wm_batch, args.ac_batch) == (256, 64, 64),
         "wall_seconds": wall,
         "last_epoch": {
             "collection_seconds": collection_seconds,

@@ -23,6 +23,18 @@ What gets patched (each patch is guarded: a future rl_zoo3 that no longer fits g
 - ``rl_zoo3.exp_manager.ExperimentManager.__init__``: for ``--algo iris`` without ``--conf-file``,
   when rl_zoo3 has no ``hyperparams/iris.yml`` of its own, the config is the packaged
   ``sb3_iris/hyperparams/iris.yml``. An explicit ``--conf-file`` always wins.
+- Atari evaluation settings. RL Zoo builds its evaluation envs with the training ``env_wrapper``;
+  IRIS evaluates with other Atari settings (one no-op at reset, no episode end on life loss,
+  108 000-frame limit: ``IrisAtariWrapper(training=False)``). When ``env_wrapper`` names
+  :class:`sb3_iris.atari.IrisAtariWrapper` (or a subclass), for any ``--algo``:
+
+  * ``ExperimentManager._preprocess_hyperparams`` / ``create_envs``: the env made by
+    ``create_envs(..., eval_env=True)`` (the ``EvalCallback`` env of ``train``, the trial
+    evaluation env of ``-optimize``) gets the same wrapper arguments plus ``training=False``;
+  * ``rl_zoo3.utils.create_test_env`` (``enjoy``, ``record_video``, ``push_to_hub``): the same.
+
+  Wrapper arguments given explicitly in the yml (e.g. ``noop_max``) are kept; those left unset
+  take the evaluation reference values. Training envs are not changed.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ __all__ = [
     "ALGO_NAME",
     "DEFAULT_CONFIG",
     "convert_iris_params",
+    "eval_env_wrapper_spec",
     "main",
     "patch_exp_manager",
     "patch_hyperparams_opt",
@@ -106,7 +119,9 @@ def convert_iris_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
 # Patches (called by the start-up hook, or by register())
 # --------------------------------------------------------------------------------------------
 def patch_utils(module: Any) -> bool:
-    """Add ``iris`` to ``module.ALGOS`` (``rl_zoo3.utils``). Returns True on success."""
+    """Add ``iris`` to ``module.ALGOS`` (``rl_zoo3.utils``) and give ``create_test_env`` the Atari
+    evaluation settings (see :func:`eval_env_wrapper_spec`). Returns True if both applied."""
+    ok = True
     try:
         algos = module.ALGOS
         if not isinstance(algos, dict):
@@ -115,10 +130,10 @@ def patch_utils(module: Any) -> bool:
             from sb3_iris import IRIS
 
             algos[ALGO_NAME] = IRIS
-        return True
     except Exception as exc:
         _warn(f"could not add '{ALGO_NAME}' to {getattr(module, '__name__', module)}.ALGOS ({exc!r})")
-        return False
+        ok = False
+    return _patch_create_test_env(module) and ok
 
 
 def patch_hyperparams_opt(module: Any) -> bool:
@@ -146,8 +161,154 @@ def _packaged_config_if_default(manager: Any, explicit_config: Optional[str]) ->
     manager.config = str(DEFAULT_CONFIG)
 
 
+_EVAL_WARNING = (
+    "evaluation envs of Atari runs with sb3_iris.atari.IrisAtariWrapper will use its training settings "
+    "(30 no-ops, life loss ends episodes, 20 000-frame limit) instead of the IRIS evaluation settings"
+)
+
+
+def _names_iris_atari_wrapper(name: Any) -> bool:
+    """Whether an ``env_wrapper`` entry name (dotted path or class) is ``IrisAtariWrapper`` or a subclass."""
+    if isinstance(name, str):
+        module_name, _, class_name = name.rpartition(".")
+        if not module_name:
+            return False
+        try:
+            import importlib
+
+            name = getattr(importlib.import_module(module_name), class_name)
+        except Exception:  # rl_zoo3 reports unknown wrappers itself
+            return False
+    if not isinstance(name, type):
+        return False
+    from sb3_iris.atari import IrisAtariWrapper
+
+    return issubclass(name, IrisAtariWrapper)
+
+
+def eval_env_wrapper_spec(spec: Any) -> Any:
+    """The RL Zoo ``env_wrapper`` value for evaluation envs.
+
+    Each entry that names :class:`sb3_iris.atari.IrisAtariWrapper` (or a subclass) gets
+    ``training=False`` added to its keyword arguments (explicit arguments are kept), so the
+    evaluation env uses the IRIS evaluation settings. ``spec`` itself is returned when it names no
+    such wrapper; otherwise a new list (``spec`` is not modified).
+
+    >>> eval_env_wrapper_spec(["sb3_iris.atari.IrisAtariWrapper"])
+    [{'sb3_iris.atari.IrisAtariWrapper': {'training': False}}]
+    """
+    if spec is None:
+        return spec
+    entries = spec if isinstance(spec, list) else [spec]
+    converted = []
+    changed = False
+    for entry in entries:
+        if isinstance(entry, dict) and len(entry) == 1:
+            name, kwargs = next(iter(entry.items()))
+        else:
+            name, kwargs = entry, None
+        if _names_iris_atari_wrapper(name):
+            converted.append({name: {**(kwargs or {}), "training": False}})
+            changed = True
+        else:
+            converted.append(entry)
+    return converted if changed else spec
+
+
+def _patch_create_test_env(module: Any) -> bool:
+    """``rl_zoo3.utils.create_test_env`` (enjoy, record_video, push_to_hub): IRIS evaluation settings."""
+    try:
+        import inspect
+
+        original = module.create_test_env
+        if getattr(original, _PATCHED_MARKER, False):
+            return True
+        signature = inspect.signature(original)
+        if "hyperparams" not in signature.parameters:
+            raise TypeError("create_test_env has no parameter 'hyperparams'")
+
+        @functools.wraps(original)
+        def create_test_env(*args: Any, **kwargs: Any) -> Any:
+            try:
+                hyperparams = signature.bind(*args, **kwargs).arguments.get("hyperparams")
+                if isinstance(hyperparams, dict) and "env_wrapper" in hyperparams:
+                    # In place, as create_test_env itself deletes the key from the caller's dict.
+                    hyperparams["env_wrapper"] = eval_env_wrapper_spec(hyperparams["env_wrapper"])
+            except Exception as exc:
+                _warn(f"{_EVAL_WARNING} ({exc!r})")
+            return original(*args, **kwargs)
+
+        setattr(create_test_env, _PATCHED_MARKER, True)
+        module.create_test_env = create_test_env
+        return True
+    except Exception as exc:
+        _warn(f"could not patch {getattr(module, '__name__', module)}.create_test_env ({exc!r}): {_EVAL_WARNING}")
+        return False
+
+
+def _patch_eval_envs(manager_class: Any) -> bool:
+    """``ExperimentManager``: ``create_envs(eval_env=True)`` uses the IRIS evaluation settings."""
+    try:
+        import inspect
+
+        from rl_zoo3.utils import get_wrapper_class
+
+        original_preprocess = manager_class._preprocess_hyperparams
+        original_create_envs = manager_class.create_envs
+        if getattr(original_create_envs, _PATCHED_MARKER, False):
+            return True
+        create_signature = inspect.signature(original_create_envs)
+        if "eval_env" not in create_signature.parameters:
+            raise TypeError("ExperimentManager.create_envs has no parameter 'eval_env'")
+        preprocess_signature = inspect.signature(original_preprocess)
+        if "hyperparams" not in preprocess_signature.parameters:
+            raise TypeError("ExperimentManager._preprocess_hyperparams has no parameter 'hyperparams'")
+
+        @functools.wraps(original_preprocess)
+        def _preprocess_hyperparams(self: Any, *args: Any, **kwargs: Any) -> Any:
+            eval_wrapper = None
+            try:
+                hyperparams = preprocess_signature.bind(self, *args, **kwargs).arguments["hyperparams"]
+                spec = hyperparams.get("env_wrapper")
+                eval_spec = eval_env_wrapper_spec(spec)
+                if eval_spec is not spec:
+                    eval_wrapper = get_wrapper_class({"env_wrapper": eval_spec})
+            except Exception as exc:
+                _warn(f"{_EVAL_WARNING} ({exc!r})")
+            self._sb3_iris_eval_env_wrapper = eval_wrapper
+            return original_preprocess(self, *args, **kwargs)
+
+        @functools.wraps(original_create_envs)
+        def create_envs(self: Any, *args: Any, **kwargs: Any) -> Any:
+            eval_wrapper = getattr(self, "_sb3_iris_eval_env_wrapper", None)
+            if eval_wrapper is None or not create_signature.bind(self, *args, **kwargs).arguments.get("eval_env"):
+                return original_create_envs(self, *args, **kwargs)
+            training_wrapper = self.env_wrapper
+            self.env_wrapper = eval_wrapper
+            try:
+                return original_create_envs(self, *args, **kwargs)
+            finally:
+                self.env_wrapper = training_wrapper
+
+        for function in (_preprocess_hyperparams, create_envs):
+            setattr(function, _PATCHED_MARKER, True)
+        manager_class._preprocess_hyperparams = _preprocess_hyperparams
+        manager_class.create_envs = create_envs
+        return True
+    except Exception as exc:
+        _warn(f"could not patch ExperimentManager for evaluation envs ({exc!r}): {_EVAL_WARNING}")
+        return False
+
+
 def patch_exp_manager(module: Any) -> bool:
-    """Make the packaged ``iris.yml`` the default config of ``--algo iris``. Returns True on success."""
+    """Make the packaged ``iris.yml`` the default config of ``--algo iris``, and give evaluation envs
+    the IRIS Atari evaluation settings (see :func:`eval_env_wrapper_spec`). Returns True if both applied."""
+    manager_class = getattr(module, "ExperimentManager", None)
+    eval_ok = _patch_eval_envs(manager_class) if manager_class is not None else False
+    return _patch_default_config(module) and eval_ok
+
+
+def _patch_default_config(module: Any) -> bool:
     try:
         import inspect
 
