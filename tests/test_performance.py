@@ -191,7 +191,7 @@ def test_bf16_autocast_losses_match_fp32():
 
 def test_performance_options_resolve_per_device():
     cpu = PerformanceOptions().resolved(torch.device("cpu"))
-    assert cpu.mixed_precision is False and cpu.channels_last is False and cpu.merge_last_token is True
+    assert cpu.mixed_precision is False and cpu.channels_last is True and cpu.merge_last_token is True
     forced = PerformanceOptions(
         mixed_precision=False, channels_last=True, merge_last_token=False, fused_optimizers=False
     )

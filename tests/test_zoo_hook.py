@@ -177,9 +177,17 @@ def test_main_usage_and_unknown_script(capsys):
 # Patches degrade to warnings
 # --------------------------------------------------------------------------------------------
 def test_broken_targets_degrade_to_warnings():
-    fake_utils = types.ModuleType("rl_zoo3.utils")  # no ALGOS
-    with pytest.warns(RuntimeWarning, match=r"could not add 'iris' to rl_zoo3\.utils\.ALGOS"):
+    fake_utils = types.ModuleType("rl_zoo3.utils")  # no ALGOS, no create_test_env
+    with pytest.warns(RuntimeWarning) as record:
         assert zoo.patch_module(fake_utils) is False
+    messages = " | ".join(str(warning.message) for warning in record)
+    assert "could not add 'iris' to rl_zoo3.utils.ALGOS" in messages
+    assert "could not patch rl_zoo3.utils.create_test_env" in messages and "training settings" in messages
+    fake_utils.ALGOS = {}
+    fake_utils.create_test_env = lambda env_id, n_envs=1: None  # a future rl_zoo3 without `hyperparams`
+    with pytest.warns(RuntimeWarning, match=r"create_test_env has no parameter 'hyperparams'"):
+        assert zoo.patch_module(fake_utils) is False
+    assert "iris" in fake_utils.ALGOS
 
     fake_opt = types.ModuleType("rl_zoo3.hyperparams_opt")
     fake_opt.HYPERPARAMS_SAMPLER = {}  # no HYPERPARAMS_CONVERTER
@@ -191,13 +199,23 @@ def test_broken_targets_degrade_to_warnings():
     with pytest.warns(RuntimeWarning, match=r"ExperimentManager"):
         assert zoo.patch_module(fake_manager) is False
 
-    class ExperimentManager:  # a future rl_zoo3 without the `config` argument
+    class ExperimentManager:  # a future rl_zoo3 without the `config` argument, create_envs without `eval_env`
         def __init__(self, args, algo):
             self.algo = algo
 
+        def _preprocess_hyperparams(self, hyperparams):
+            return hyperparams
+
+        def create_envs(self, n_envs):
+            return n_envs
+
     fake_manager.ExperimentManager = ExperimentManager
-    with pytest.warns(RuntimeWarning, match=r"no parameter\(s\) \['config'\]"):
+    with pytest.warns(RuntimeWarning) as record:
         assert zoo.patch_module(fake_manager) is False
+    messages = " | ".join(str(warning.message) for warning in record)
+    assert "no parameter(s) ['config']" in messages
+    assert "create_envs has no parameter 'eval_env'" in messages and "training settings" in messages
+    assert ExperimentManager.create_envs(None, 3) == 3  # left as it was
 
     assert zoo.patch_module(types.ModuleType("rl_zoo3.something_else")) is False
 
@@ -208,8 +226,9 @@ def test_hook_after_import_warns_on_broken_target():
         hook = importlib.import_module("_sb3_iris_zoo_hook")
     finally:
         sys.path.remove(str(REPO_ROOT))
-    with pytest.warns(RuntimeWarning, match="ALGOS"):
+    with pytest.warns(RuntimeWarning) as record:
         hook._after_import(types.ModuleType("rl_zoo3.utils"))
+    assert any("ALGOS" in str(warning.message) for warning in record)
 
 
 # --------------------------------------------------------------------------------------------
