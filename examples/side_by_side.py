@@ -125,10 +125,21 @@ def run_rl_zoo_plot(
     return paths
 
 
+def import_rl_zoo_plots() -> tuple[Callable[[], None], ...]:
+    """RL Zoo's plotting functions (checked before training: rl_zoo3 does not declare their dependencies)."""
+    try:
+        from rl_zoo3.plots.all_plots import all_plots
+        from rl_zoo3.plots.plot_from_file import plot_from_file
+        from rl_zoo3.plots.plot_train import plot_train
+    except ImportError as error:
+        raise SystemExit(
+            f"RL Zoo's plots need matplotlib, seaborn and scipy ({error}): pip install matplotlib seaborn scipy"
+        ) from error
+    return all_plots, plot_from_file, plot_train
+
+
 def plot(args: argparse.Namespace) -> list[Path]:
-    from rl_zoo3.plots.all_plots import all_plots
-    from rl_zoo3.plots.plot_from_file import plot_from_file
-    from rl_zoo3.plots.plot_train import plot_train
+    all_plots, plot_from_file, plot_train = import_rl_zoo_plots()
 
     plots = Path(args.log_folder) / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -161,6 +172,7 @@ def plot(args: argparse.Namespace) -> list[Path]:
 
 def main(argv=None) -> list[Path]:
     args = parse_args(argv)
+    import_rl_zoo_plots()
     Path(args.log_folder).mkdir(parents=True, exist_ok=True)
     if not args.plot_only:
         for algo in args.algos:

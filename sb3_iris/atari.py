@@ -31,6 +31,11 @@ the wrapped chain, so the ``Monitor`` records the truncated game too. Without su
 the limit wraps the given env directly. Do not put a ``Monitor`` *outside* this wrapper in
 training mode: it would count every life as an episode. :func:`make_iris_atari_env` builds the
 right stack (``Monitor`` inside) for a single env.
+
+RL Zoo. The ``atari`` entry of ``iris.yml`` names this wrapper as ``env_wrapper``; RL Zoo applies the
+same ``env_wrapper`` to its evaluation envs, so :mod:`sb3_iris.zoo` adds ``training=False`` to this
+wrapper's arguments for the envs RL Zoo makes for evaluation (``EvalCallback`` and ``-optimize``
+trials in ``train``; ``enjoy``, ``record_video``, ``push_to_hub``): they get the evaluation settings.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ class PerformanceOptions:
     """Speed switches (see the module docstring). ``None`` means: decide from the device.
 
     :param mixed_precision: bf16 autocast; ``None``: off (opt-in, see the README's performance section)
-    :param channels_last: NHWC convolutions; ``None``: on (8-12% faster for the tokenizer update on a 2-core AVX-512 CPU; the usual choice for CUDA)
+    :param channels_last: NHWC convolutions; ``None``: on (8-12% faster for the tokenizer update on a 2-core
+        AVX-512 CPU; the usual choice for CUDA)
     :param merge_last_token: merge the last-token pass with the next action pass in imagination
     :param fused_optimizers: fused Adam/AdamW; ``None``: on where torch supports it for the device
     """

@@ -240,6 +240,11 @@ def _patch_create_test_env(module: Any) -> bool:
 
         setattr(create_test_env, _PATCHED_MARKER, True)
         module.create_test_env = create_test_env
+        # `rl_zoo3/__init__.py` re-exports it (enjoy imports it from there): when rl_zoo3.utils was patched
+        # after that import (register() without the start-up hook), update the re-export too.
+        package = sys.modules.get(getattr(module, "__name__", "").rpartition(".")[0])
+        if package is not None and getattr(package, "create_test_env", None) is original:
+            package.create_test_env = create_test_env
         return True
     except Exception as exc:
         _warn(f"could not patch {getattr(module, '__name__', module)}.create_test_env ({exc!r}): {_EVAL_WARNING}")

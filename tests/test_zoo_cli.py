@@ -308,3 +308,17 @@ def test_eval_env_wrapper_spec():
     ]
     assert IrisAtariEvalWrapper is not None
     assert zoo.eval_env_wrapper_spec("no_such_module.Wrapper") == "no_such_module.Wrapper"
+
+
+def test_fallback_register_patches_the_create_test_env_that_enjoy_imports(tmp_path):
+    """Without the start-up hook, register() runs after rl_zoo3/__init__ re-exported create_test_env."""
+    code = (
+        "from sb3_iris import zoo; zoo.register()\n"
+        "import rl_zoo3, rl_zoo3.enjoy, rl_zoo3.utils\n"
+        "patched = rl_zoo3.utils.create_test_env\n"
+        "assert getattr(patched, '_sb3_iris_patched', False)\n"
+        "assert rl_zoo3.create_test_env is patched and rl_zoo3.enjoy.create_test_env is patched\n"
+    )
+    env = dict(os.environ, SB3_IRIS_NO_ZOO_HOOK="1")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
