@@ -75,6 +75,8 @@ class IRIS(BaseAlgorithm):
     :param gamma: discount (0.995)
     :param gae_lambda: lambda of the lambda-returns (0.95)
     :param ent_coef: entropy weight of the actor loss (0.001)
+    :param normalize_advantage: standardise the actor's advantages over each batch (False, as in IRIS; True helps
+        dense-reward tasks such as CartPole, where returns are large while the value head catches up)
     :param max_grad_norm: gradient-norm clip of the three optimisers (10)
     :param collect_epsilon: probability of a uniformly random action during collection (0.01)
     :param collect_temperature: policy temperature during collection (1.0)
@@ -129,6 +131,7 @@ class IRIS(BaseAlgorithm):
         gamma: float = 0.995,
         gae_lambda: float = 0.95,
         ent_coef: float = 0.001,
+        normalize_advantage: bool = False,
         max_grad_norm: float = 10.0,
         collect_epsilon: float = 0.01,
         collect_temperature: float = 1.0,
@@ -184,6 +187,7 @@ class IRIS(BaseAlgorithm):
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.ent_coef = ent_coef
+        self.normalize_advantage = normalize_advantage
         self.max_grad_norm = max_grad_norm
         self.collect_epsilon = collect_epsilon
         self.collect_temperature = collect_temperature
@@ -567,7 +571,12 @@ class IRIS(BaseAlgorithm):
                 rollout.rewards.float(), rollout.values.detach().float(), rollout.ends, self.gamma, self.gae_lambda
             )
             losses = actor_critic_loss(
-                rollout.logits[:, :-1], rollout.actions[:, :-1], rollout.values[:, :-1], returns[:, :-1], self.ent_coef
+                rollout.logits[:, :-1],
+                rollout.actions[:, :-1],
+                rollout.values[:, :-1],
+                returns[:, :-1],
+                self.ent_coef,
+                normalize_advantage=self.normalize_advantage,
             )
             self._clip_and_step(losses.total, actor_critic, self.policy.actor_critic_optimizer)
             for name in totals:

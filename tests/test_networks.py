@@ -701,3 +701,19 @@ def test_world_model_config_rejects_non_positive_sizes(field):
     setattr(config, field, 0)
     with pytest.raises(ValueError, match=field):
         WorldModel(config)
+
+
+def test_actor_critic_loss_normalized_advantages_are_standardised():
+    """With normalize_advantage, the policy term uses (A - mean) / std: adding a constant to returns changes nothing."""
+    from sb3_iris.nn.actor_critic import actor_critic_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5, 3, requires_grad=True)
+    actions = torch.randint(0, 3, (4, 5))
+    values = torch.randn(4, 5)
+    returns = torch.randn(4, 5)
+    plain = actor_critic_loss(logits, actions, values, returns, 0.0, normalize_advantage=True).policy
+    shifted = actor_critic_loss(logits, actions, values, returns + 100.0, 0.0, normalize_advantage=True).policy
+    torch.testing.assert_close(plain, shifted, rtol=1e-4, atol=1e-5)
+    unnormalized = actor_critic_loss(logits, actions, values, returns + 100.0, 0.0).policy
+    assert not torch.allclose(unnormalized, shifted)

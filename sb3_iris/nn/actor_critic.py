@@ -168,6 +168,7 @@ def actor_critic_loss(
     values: torch.Tensor,
     returns: torch.Tensor,
     ent_coef: float,
+    normalize_advantage: bool = False,
 ) -> ActorCriticLosses:
     """REINFORCE with a value baseline, entropy bonus and MSE value loss (IRIS):
 
@@ -178,11 +179,15 @@ def actor_critic_loss(
     :param values: ``(B, T)`` value estimates
     :param returns: ``(B, T)`` lambda-returns (treated as constants)
     :param ent_coef: entropy weight
+    :param normalize_advantage: standardise the advantages over the batch (not in IRIS; helps dense-reward tasks,
+        whose returns are large while the value head, a Linear over the LSTM output, catches up slowly)
     """
     log_probs = F.log_softmax(logits.float(), dim=-1)
     action_log_probs = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     returns = returns.detach()
     advantages = returns - values.detach()
+    if normalize_advantage and advantages.numel() > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     policy_loss = -(action_log_probs * advantages).mean()
     entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
     value_loss = F.mse_loss(values.float(), returns)
