@@ -432,8 +432,14 @@ class IRIS(BaseAlgorithm):
             file=sys.stderr,
         )
 
+    # Replay observations used to fit a vector tokenizer's input standardisation (once, before its first update).
+    NORMALIZATION_SAMPLE = 10_000
+
     def _train_tokenizer(self) -> dict[str, float]:
         tokenizer = self.policy.tokenizer
+        if getattr(tokenizer, "needs_normalization_fit", False):
+            frames, _, _ = self.replay_buffer.sample_frames(min(self.NORMALIZATION_SAMPLE, self.replay_buffer.n_steps))
+            tokenizer.fit_normalization(self._to_tensor(frames))
         tokenizer.train()
         totals = {"reconstruction": [], "commitment": [], "perceptual": [], "total": []}
         all_tokens = []

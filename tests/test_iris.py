@@ -354,3 +354,19 @@ def test_every_constructor_argument_has_a_default_except_policy_and_env():
         if name not in ("self", "policy", "env") and p.default is inspect.Parameter.empty
     ]
     assert not without_default
+
+
+def test_vector_tokenizer_standardisation_is_fitted_from_replay_and_saved(tmp_path):
+    model = IRIS("MlpPolicy", "CartPole-v1", seed=0, **tiny_iris_kwargs(image=False))
+    tokenizer = model.policy.tokenizer
+    assert tokenizer.needs_normalization_fit
+    model.learn(model.n_steps_per_epoch)
+    assert not tokenizer.needs_normalization_fit
+    frames, _, _ = model.replay_buffer.sample_frames(2000)
+    np.testing.assert_allclose(tokenizer.obs_std.numpy(), frames.std(0), rtol=0.25)
+    standardized = tokenizer.preprocess(torch.as_tensor(frames))
+    assert standardized.std(0).min() > 0.5 and standardized.std(0).max() < 2.0
+    model.save(tmp_path / "model.zip")
+    loaded = IRIS.load(tmp_path / "model.zip")
+    assert not loaded.policy.tokenizer.needs_normalization_fit
+    torch.testing.assert_close(loaded.policy.tokenizer.obs_std, tokenizer.obs_std)

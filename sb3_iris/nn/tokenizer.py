@@ -465,7 +465,11 @@ class MlpTokenizerConfig:
     :param l1_weight: weight of the L1 reconstruction term
     :param l2_weight: weight of the L2 reconstruction term
     :param obs_scale: per-feature scale applied before encoding (``x / obs_scale``); the decoder output is in
-        the scaled space. ``None`` keeps raw values.
+        the scaled space. ``None``: see ``normalize_observations``.
+    :param normalize_observations: when ``obs_scale`` is None, standardise each feature with the mean and std
+        of the replay data, fitted once before the first tokenizer update (:meth:`MlpTokenizer.fit_normalization`)
+        and saved with the model. Without it, small-scale features (e.g. CartPole's pole angle) are reconstructed
+        poorly because the loss weighs every feature in raw units.
     """
 
     obs_dim: int = 4
@@ -477,6 +481,7 @@ class MlpTokenizerConfig:
     l1_weight: float = 1.0
     l2_weight: float = 1.0
     obs_scale: Optional[list[float]] = field(default=None)
+    normalize_observations: bool = True
 
     def validate(self) -> None:
         for name in ("obs_dim", "tokens_per_obs", "embed_dim", "vocab_size"):
@@ -511,9 +516,32 @@ class MlpTokenizer(Tokenizer):
         self.decoder = _mlp([k * e, *reversed(config.hidden_sizes), config.obs_dim])
         scale = torch.ones(config.obs_dim) if config.obs_scale is None else torch.as_tensor(config.obs_scale).float()
         self.register_buffer("obs_scale", scale, persistent=False)
+        # Data-fitted standardisation (saved with the model): x -> (x - obs_mean) / obs_std.
+        self.register_buffer("obs_mean", torch.zeros(config.obs_dim))
+        self.register_buffer("obs_std", torch.ones(config.obs_dim))
+        self.register_buffer("normalization_fitted", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def needs_normalization_fit(self) -> bool:
+        """True until :meth:`fit_normalization` ran, if this tokenizer standardises its inputs."""
+        return (
+            self.config.obs_scale is None and self.config.normalize_observations and not bool(self.normalization_fitted)
+        )
+
+    @torch.no_grad()
+    def fit_normalization(self, observations: torch.Tensor, min_std: float = 1e-3) -> None:
+        """Set the per-feature mean and std from raw observations ``(N, obs_dim)`` (once, before training).
+
+        :param observations: a sample of replay observations
+        :param min_std: lower bound of the std (constant features)
+        """
+        x = observations.float()
+        self.obs_mean.copy_(x.mean(0))
+        self.obs_std.copy_(x.std(0, unbiased=False).clamp(min=min_std) if len(x) > 1 else torch.ones_like(x[0]))
+        self.normalization_fitted.fill_(True)
 
     def preprocess(self, observations: torch.Tensor) -> torch.Tensor:
-        return observations.float() / self.obs_scale
+        return (observations.float() / self.obs_scale - self.obs_mean) / self.obs_std
 
     def encode_continuous(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x).view(x.shape[0], self.tokens_per_obs, self.embed_dim)
