@@ -14,7 +14,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def run_example(script: str, *args: str, cwd: Path, timeout: float = 600) -> str:
     env = dict(os.environ)
-    env.update(PYTHONUNBUFFERED="1", SDL_VIDEODRIVER="dummy", MPLBACKEND="Agg")
+    # One thread per process: on a small shared machine, oversubscribed threads slow everything down many times.
+    env.update(PYTHONUNBUFFERED="1", SDL_VIDEODRIVER="dummy", MPLBACKEND="Agg", OMP_NUM_THREADS="1")
     command = [sys.executable, str(EXAMPLES / script), *args]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
@@ -67,3 +68,23 @@ def test_side_by_side_example_tiny(tmp_path):
     # --plot-only on the same folder redraws without training.
     out = run_example("side_by_side.py", "--plot-only", "--log-folder", str(logs), "--seeds", "0", cwd=tmp_path)
     assert "rl_zoo3.train" not in out and "needs at least two seeds" in out
+
+
+def test_quickstart_runs(tmp_path):
+    """The README's main job, shortened: it trains, evaluates before and after, and saves the model."""
+    import json
+
+    out = run_example("quickstart.py", "--timesteps", "200", "--eval-episodes", "2", "--save", "m", cwd=tmp_path)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["timesteps"] == 200 and 0 <= result["before"] <= 20 and 0 <= result["after"] <= 20
+    assert (tmp_path / "m.zip").is_file()
+
+
+@pytest.mark.slow
+def test_quickstart_learns(tmp_path):
+    """The full quickstart: the evaluation return rises from random (~10) to near perfect (20)."""
+    import json
+
+    out = run_example("quickstart.py", "--save", "m", cwd=tmp_path, timeout=1200)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["after"] >= 18, result

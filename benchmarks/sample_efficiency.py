@@ -1,0 +1,529 @@
+"""Sample-efficiency comparison: IRIS against RL Zoo's tuned PPO and DQN, side by side.
+
+Every run is an unmodified RL Zoo training command in a subprocess (one seed, one algorithm, one env),
+with the same evaluation protocol for all algorithms (``EvalCallback``: every ``--eval-freq`` env
+steps, ``--eval-episodes`` episodes on one separate eval env, deterministic actions)::
+
+    python -m rl_zoo3.train --algo <algo> --env <env> --seed <seed> -n <budget> \\
+        --eval-freq 2000 --eval-episodes 10 --n-eval-envs 1 --num-threads 1 --device cpu \\
+        -f <log-dir>/<env>/<algo>/seed<seed> [-conf hyperparams/iris.yml]   # IRIS only
+
+PPO and DQN use RL Zoo's own tuned hyperparameters (``rl_zoo3/hyperparams/{ppo,dqn}.yml``); IRIS uses
+``hyperparams/iris.yml``. ``-n <budget>`` overrides ``n_timesteps`` for every algorithm, so linear
+schedules (PPO's ``lin_1e-3`` learning rate and clip range, DQN's exploration fraction) are compressed
+to the budget. The script then reads the ``evaluations.npz`` files RL Zoo writes and produces, in
+``--out``:
+
+- ``results.md``: per env, the mean and spread of the evaluation return at fixed budgets, the env steps
+  to reach a threshold (475 for CartPole-v1) per seed, and the wall time per run; rliable IQM with
+  95% stratified-bootstrap CIs across envs when ``rliable`` is importable (skipped with a note otherwise);
+- ``curves.csv`` (every evaluation of every run) and ``summary.csv`` (one row per env and algorithm);
+- ``learning_curves_<env>.png``: mean evaluation return of each algorithm over seeds, shaded min-max.
+
+Example (the CartPole comparison of ``docs/results.md``)::
+
+    python benchmarks/sample_efficiency.py --envs CartPole-v1 --algos iris ppo dqn --seeds 0 1 2 \\
+        --budget CartPole-v1=10000 --out benchmarks/results/cartpole
+
+Runs whose ``run.json`` already exists are skipped unless ``--force``; ``--report-only`` re-reads the
+logs without training. Runs execute one at a time by default (``--jobs`` for more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_IRIS_CONF = REPO_ROOT / "hyperparams" / "iris.yml"
+
+#: Return threshold for "solved" per env (steps-to-threshold column); envs not listed have none.
+DEFAULT_THRESHOLDS = {"CartPole-v1": 475.0, "CartPole-v0": 195.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0}
+
+#: (random, reference) returns used to normalise scores for the cross-env rliable aggregate.
+#: Reference = maximum return where the env has one, otherwise a commonly used "solved" level.
+NORMALIZATION = {
+    "CartPole-v1": (22.0, 500.0),
+    "Acrobot-v1": (-500.0, -60.0),
+    "MountainCar-v0": (-200.0, -100.0),
+    "LunarLander-v3": (-180.0, 200.0),
+}
+
+
+def _env_slug(env_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", env_id)
+
+
+@dataclass
+class Run:
+    """One (env, algo, seed) training run and what it produced."""
+
+    env: str
+    algo: str
+    seed: int
+    budget: int
+    folder: Path
+    timesteps: Optional[np.ndarray] = None
+    returns: Optional[np.ndarray] = None  # (n_evals, n_episodes)
+    wall_time: Optional[float] = None
+    returncode: Optional[int] = None
+    command: list[str] = field(default_factory=list)
+
+    @property
+    def mean_curve(self) -> Optional[np.ndarray]:
+        return None if self.returns is None else self.returns.mean(axis=1)
+
+    def value_at(self, step: int) -> float:
+        """Mean eval return of the last evaluation at or before ``step`` (NaN if none)."""
+        if self.timesteps is None or len(self.timesteps) == 0:
+            return float("nan")
+        index = np.searchsorted(self.timesteps, step, side="right") - 1
+        return float("nan") if index < 0 else float(self.mean_curve[index])
+
+    def steps_to(self, threshold: float) -> Optional[int]:
+        """First evaluated step whose mean return is >= threshold (None if never within the run)."""
+        if self.timesteps is None:
+            return None
+        hits = np.flatnonzero(self.mean_curve >= threshold)
+        return int(self.timesteps[hits[0]]) if len(hits) else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+
+def _zoo_entry_point() -> list[str]:
+    """``python -m rl_zoo3.train`` when ``--algo iris`` is registered (start-up hook), else the fallback."""
+    probe = [sys.executable, "-c", "import rl_zoo3.utils as u, sys; sys.exit(0 if 'iris' in u.ALGOS else 1)"]
+    try:
+        registered = subprocess.run(probe, capture_output=True, timeout=300).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        registered = False
+    if registered:
+        return [sys.executable, "-m", "rl_zoo3.train"]
+    return [sys.executable, "-m", "sb3_iris.zoo", "train"]
+
+
+def build_command(run: Run, args: argparse.Namespace, entry_point: list[str]) -> list[str]:
+    command = [
+        *entry_point,
+        "--algo", run.algo,
+        "--env", run.env,
+        "--seed", str(run.seed),
+        "-n", str(run.budget),
+        "--eval-freq", str(args.eval_freq),
+        "--eval-episodes", str(args.eval_episodes),
+        "--n-eval-envs", "1",
+        "--num-threads", str(args.num_threads),
+        "--device", "cpu",
+        "-f", str(run.folder),
+    ]  # fmt: skip
+    if run.algo == "iris":
+        command += ["-conf", str(args.iris_conf)]
+    if args.gym_packages:
+        command += ["--gym-packages", *args.gym_packages]
+    extra = args.zoo_args.get(run.algo, []) + args.zoo_args.get("all", [])
+    return command + extra
+
+
+def train(run: Run, args: argparse.Namespace, entry_point: list[str]) -> None:
+    """Run one RL Zoo training in a subprocess; writes ``run.json`` (command, wall time, exit code)."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    run.command = build_command(run, args, entry_point)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.num_threads), MKL_NUM_THREADS=str(args.num_threads))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    print(f"[{time.strftime('%H:%M:%S')}] {run.env} {run.algo} seed {run.seed}: {shlex.join(run.command)}", flush=True)
+    start = time.perf_counter()
+    with open(run.folder / "train.log", "w") as log:
+        process = subprocess.run(run.command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+    run.wall_time = time.perf_counter() - start
+    run.returncode = process.returncode
+    info = dict(
+        env=run.env,
+        algo=run.algo,
+        seed=run.seed,
+        budget=run.budget,
+        wall_time_s=run.wall_time,
+        returncode=run.returncode,
+        command=shlex.join(run.command),
+        machine=machine_description(),
+    )
+    (run.folder / "run.json").write_text(json.dumps(info, indent=2))
+    status = "ok" if process.returncode == 0 else f"FAILED (exit {process.returncode}, see {run.folder / 'train.log'})"
+    print(f"    done in {run.wall_time:.0f} s: {status}", flush=True)
+
+
+def load(run: Run) -> None:
+    """Read ``run.json`` and the latest ``evaluations.npz`` under the run folder."""
+    info_path = run.folder / "run.json"
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        run.wall_time = info.get("wall_time_s")
+        run.returncode = info.get("returncode")
+        run.command = shlex.split(info.get("command", ""))
+    candidates = glob.glob(str(run.folder / "**" / "evaluations.npz"), recursive=True)
+    if not candidates:
+        return
+    path = max(candidates, key=os.path.getmtime)
+    data = np.load(path)
+    run.timesteps = np.asarray(data["timesteps"]).astype(int)
+    run.returns = np.asarray(data["results"], dtype=float).reshape(len(run.timesteps), -1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            cpu = names[0]
+    except OSError:
+        pass
+    import torch
+
+    return f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def display_command(command: list[str]) -> str:
+    """A run's command as a reader would type it: ``python`` for the interpreter, paths relative to the repo."""
+    shown = []
+    for i, part in enumerate(command):
+        if i == 0 and (part == sys.executable or Path(part).name.startswith("python")):
+            shown.append("python")
+            continue
+        try:
+            path = Path(part)
+            shown.append(str(path.relative_to(REPO_ROOT)) if path.is_absolute() else part)
+        except ValueError:
+            shown.append(part)
+    return shlex.join(shown)
+
+
+def report_budgets(budget: int, eval_freq: int) -> list[int]:
+    """Budgets at which the table reports returns: a quarter, half and all of the run (on the eval grid)."""
+    points = {budget}
+    for fraction in (0.25, 0.5):
+        step = int(round(budget * fraction / eval_freq)) * eval_freq
+        if 0 < step < budget:
+            points.add(step)
+    return sorted(points)
+
+
+def summarize(runs: list[Run], envs: list[str], algos: list[str], args: argparse.Namespace) -> tuple[str, list[dict]]:
+    lines: list[str] = []
+    rows: list[dict] = []
+    for env in envs:
+        budget = args.budget[env]
+        threshold = args.threshold.get(env)
+        points = report_budgets(budget, args.eval_freq)
+        lines += [f"### {env}", ""]
+        header = ["algo", "seeds"] + [f"return @ {p // 1000 if p % 1000 == 0 else p / 1000}k" for p in points]
+        if threshold is not None:
+            header += [f"steps to >= {threshold:g} (per seed)", "median"]
+        header += ["wall time / run"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for algo in algos:
+            selected = [r for r in runs if r.env == env and r.algo == algo and r.timesteps is not None]
+            if not selected:
+                lines.append(f"| {algo} | 0 | " + " | ".join(["n/a"] * (len(header) - 2)) + " |")
+                continue
+            row: dict = dict(env=env, algo=algo, n_seeds=len(selected), budget=budget)
+            cells = [algo, str(len(selected))]
+            for p in points:
+                values = np.array([r.value_at(p) for r in selected])
+                mean, std = float(np.nanmean(values)), float(np.nanstd(values))
+                lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+                cells.append(f"{mean:.1f} ± {std:.1f} [{lo:.0f}, {hi:.0f}]")
+                row[f"mean_return_at_{p}"] = mean
+                row[f"std_return_at_{p}"] = std
+                row[f"min_return_at_{p}"] = lo
+                row[f"max_return_at_{p}"] = hi
+            if threshold is not None:
+                steps = [r.steps_to(threshold) for r in selected]
+                per_seed = ", ".join("—" if s is None else f"{s / 1000:g}k" for s in steps)
+                # Not reached counts as beyond the budget for the median (reported as "> budget").
+                ranked = sorted(math.inf if s is None else s for s in steps)
+                median = float(np.median(ranked)) if ranked else math.inf
+                median_text = f"> {budget / 1000:g}k" if math.isinf(median) else f"{median / 1000:g}k"
+                cells += [per_seed, median_text]
+                row["steps_to_threshold"] = ";".join("" if s is None else str(s) for s in steps)
+                row["threshold"] = threshold
+                row["reached"] = sum(s is not None for s in steps)
+            walls = [r.wall_time for r in selected if r.wall_time is not None]
+            if walls:
+                cells.append(f"{np.mean(walls) / 60:.1f} min [{min(walls) / 60:.1f}, {max(walls) / 60:.1f}]")
+                row["mean_wall_time_s"] = float(np.mean(walls))
+            else:
+                cells.append("n/a")
+            lines.append("| " + " | ".join(cells) + " |")
+            rows.append(row)
+        lines += [
+            "",
+            "Return: mean ± std over seeds of the mean evaluation return (10 episodes, deterministic) at the last "
+            "evaluation at or before that many env steps; [min, max] over seeds. "
+            + (
+                "Steps to threshold: first evaluation whose mean return reaches it (— = not within the budget). "
+                if threshold is not None
+                else ""
+            )
+            + "Wall time: whole RL Zoo process (training + evaluations), mean [min, max].",
+            "",
+        ]  # fmt: skip
+    return "\n".join(lines), rows
+
+
+def rliable_section(runs: list[Run], envs: list[str], algos: list[str], args: argparse.Namespace) -> str:
+    try:
+        from rliable import library as rly
+        from rliable import metrics
+    except ImportError:
+        return "rliable is not installed: no IQM aggregate (`pip install rliable` and rerun with `--report-only`).\n"
+    usable = [env for env in envs if env in NORMALIZATION]
+    if not usable:
+        return "rliable: no env with known random/reference returns for normalisation; no aggregate.\n"
+    score_dict = {}
+    for algo in algos:
+        columns = []
+        for env in usable:
+            low, high = NORMALIZATION[env]
+            values = [
+                r.value_at(args.budget[env])
+                for r in runs
+                if r.env == env and r.algo == algo and r.timesteps is not None
+            ]
+            columns.append([(v - low) / (high - low) for v in values])
+        n = min((len(c) for c in columns), default=0)
+        if n == 0:
+            continue
+        score_dict[algo] = np.array([c[:n] for c in columns]).T  # (runs, tasks)
+
+    def aggregate(scores):
+        return np.array(
+            [metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores), metrics.aggregate_median(scores)]
+        )
+
+    estimates, intervals = rly.get_interval_estimates(score_dict, aggregate, reps=args.bootstrap_reps)
+    lines = [
+        f"Normalised score (return - random) / (reference - random) at each env's budget, over {', '.join(usable)} "
+        f"(random/reference: {', '.join(f'{e}: {NORMALIZATION[e]}' for e in usable)}); 95% stratified-bootstrap CIs "
+        f"({args.bootstrap_reps} reps). With a single env and 3 seeds these intervals are very wide.",
+        "",
+        "| algo | runs | IQM | mean | median |",
+        "|---|---|---|---|---|",
+    ]
+    for algo in score_dict:
+        est, ci = estimates[algo], intervals[algo]
+        cells = [f"{est[i]:.2f} [{ci[0, i]:.2f}, {ci[1, i]:.2f}]" for i in range(3)]
+        lines.append(
+            f"| {algo} | {score_dict[algo].shape[0]} x {score_dict[algo].shape[1]} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[Run], env: str, algos: list[str], args: argparse.Namespace, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for algo in algos:
+        selected = [r for r in runs if r.env == env and r.algo == algo and r.timesteps is not None]
+        if not selected:
+            continue
+        grid = sorted(set.intersection(*(set(r.timesteps.tolist()) for r in selected)))
+        if not grid:
+            continue
+        curves = np.array([[r.value_at(t) for t in grid] for r in selected])
+        mean = curves.mean(axis=0)
+        (line,) = ax.plot(grid, mean, label=f"{algo.upper()} ({len(selected)} seeds)")
+        ax.fill_between(grid, curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.2)
+    threshold = args.threshold.get(env)
+    if threshold is not None:
+        ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel(f"mean eval return ({args.eval_episodes} episodes)")
+    ax.set_title(f"{env}: mean over seeds, shaded min-max")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_outputs(runs: list[Run], args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "curves.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["env", "algo", "seed", "timesteps", "mean_return", "std_return"])
+        for r in runs:
+            if r.timesteps is None:
+                continue
+            for t, episode_returns in zip(r.timesteps, r.returns):
+                writer.writerow(
+                    [r.env, r.algo, r.seed, int(t), f"{episode_returns.mean():.2f}", f"{episode_returns.std():.2f}"]
+                )
+    tables, rows = summarize(runs, args.envs, args.algos, args)
+    keys = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("env", "algo", "n_seeds", "budget"), k))
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    for env in args.envs:
+        plot(runs, env, args.algos, args, out / f"learning_curves_{_env_slug(env)}.png")
+    failed = [r for r in runs if r.returncode not in (None, 0)]
+    missing = [r for r in runs if r.timesteps is None]
+    commands = sorted({display_command(r.command) for r in runs if r.command})
+    text = [
+        "# Sample efficiency: " + ", ".join(a.upper() for a in args.algos),
+        "",
+        f"Machine: {machine_description()}. One run at a time, `--num-threads {args.num_threads}`.",
+        f"Evaluation: every {args.eval_freq} env steps, {args.eval_episodes} episodes, deterministic, 1 eval env.",
+        f"Seeds: {', '.join(map(str, args.seeds))}. Budgets: "
+        + ", ".join(f"{env} {args.budget[env]}" for env in args.envs)
+        + ".",
+        "",
+        tables,
+        "### Aggregate (rliable)",
+        "",
+        rliable_section(runs, args.envs, args.algos, args),
+        "### Learning curves",
+        "",
+        *[f"![{env}](learning_curves_{_env_slug(env)}.png)" for env in args.envs],
+        "",
+    ]
+    if failed or missing:
+        text += ["### Problems", ""]
+        text += [f"- {r.env} {r.algo} seed {r.seed}: exit code {r.returncode}" for r in failed]
+        text += [f"- {r.env} {r.algo} seed {r.seed}: no evaluations.npz in {r.folder}" for r in missing]
+        text.append("")
+    text += ["### Commands", "", "```", *commands, "```", ""]
+    (out / "results.md").write_text("\n".join(text))
+    return out / "results.md"
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+
+
+def _parse_mapping(items: list[str], envs: list[str], name: str, cast=float) -> dict:
+    """``["ENV=VALUE", ...]`` or a single ``VALUE`` for every env."""
+    mapping = {}
+    for item in items:
+        if "=" in item:
+            env, value = item.rsplit("=", 1)
+            mapping[env] = cast(float(value))
+        else:
+            mapping.update({env: cast(float(item)) for env in envs})
+    return mapping
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--envs", nargs="+", default=["CartPole-v1"], help="env ids")
+    parser.add_argument("--algos", nargs="+", default=["iris", "ppo", "dqn"], help="RL Zoo algorithm names")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--budget",
+        nargs="+",
+        default=["10000"],
+        help="env steps per run: ENV=STEPS entries, or one number for all envs",
+    )
+    parser.add_argument(
+        "--threshold",
+        nargs="*",
+        default=[],
+        help="ENV=RETURN for the steps-to-threshold column (defaults: CartPole-v1=475)",
+    )
+    parser.add_argument(
+        "--out", default="benchmarks/results/sample_efficiency", help="folder for results.md, CSVs, PNGs"
+    )
+    parser.add_argument("--log-dir", default=None, help="RL Zoo log folders (default: logs/sample_efficiency)")
+    parser.add_argument("--eval-freq", type=int, default=2000)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--iris-conf", default=str(DEFAULT_IRIS_CONF), help="RL Zoo config file for IRIS")
+    parser.add_argument("--gym-packages", nargs="*", default=[], help="passed to rl_zoo3.train (e.g. minatar)")
+    parser.add_argument(
+        "--zoo-arg",
+        action="append",
+        default=[],
+        metavar="ALGO:ARGS",
+        help="extra rl_zoo3.train arguments for one algorithm (or 'all'), e.g. 'iris:-params n_steps_per_epoch:100'",
+    )
+    parser.add_argument("--num-threads", type=int, default=1, help="torch threads per run (and OMP_NUM_THREADS)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    parser.add_argument("--bootstrap-reps", type=int, default=2000)
+    parser.add_argument("--force", action="store_true", help="retrain runs that already have a run.json")
+    parser.add_argument("--report-only", action="store_true", help="only read existing logs and write the report")
+    args = parser.parse_args(argv)
+    args.budget = _parse_mapping(args.budget, args.envs, "budget", int)
+    missing = [env for env in args.envs if env not in args.budget]
+    if missing:
+        parser.error(f"no --budget for {missing}")
+    args.threshold = {
+        **{e: t for e, t in DEFAULT_THRESHOLDS.items() if e in args.envs},
+        **_parse_mapping(args.threshold, args.envs, "threshold"),
+    }
+    zoo_args: dict[str, list[str]] = {}
+    for item in args.zoo_arg:
+        algo, _, extra = item.partition(":")
+        zoo_args.setdefault(algo, []).extend(shlex.split(extra))
+    args.zoo_args = zoo_args
+    args.log_dir = Path(args.log_dir or REPO_ROOT / "logs" / "sample_efficiency")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    runs = [
+        Run(env, algo, seed, args.budget[env], args.log_dir / _env_slug(env) / algo / f"seed{seed}")
+        for env in args.envs
+        for algo in args.algos
+        for seed in args.seeds
+    ]
+    if not args.report_only:
+        todo = [r for r in runs if args.force or not (r.folder / "run.json").exists()]
+        if todo:
+            entry_point = _zoo_entry_point()
+            if args.jobs > 1:
+                with ThreadPoolExecutor(args.jobs) as pool:
+                    list(pool.map(lambda r: train(r, args, entry_point), todo))
+            else:
+                for run in todo:
+                    train(run, args, entry_point)
+    for run in runs:
+        load(run)
+    path = write_outputs(runs, args)
+    print(f"report: {path}")
+    print(path.read_text())
+    return 0 if all(r.timesteps is not None for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
