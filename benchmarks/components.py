@@ -33,7 +33,13 @@ from sb3_iris.imagination import imagine_rollouts, reconstruct_context
 from sb3_iris.nn.actor_critic import ActorCritic, ActorCriticConfig, actor_critic_loss, compute_lambda_returns
 from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig
 from sb3_iris.nn.world_model import WorldModel, WorldModelConfig
-from sb3_iris.performance import PerformanceOptions, autocast_context, configure_modules
+from sb3_iris.performance import (
+    PerformanceOptions,
+    apply_process_options,
+    autocast_context,
+    configure_modules,
+    optimizer_kwargs,
+)
 
 PRESETS = {
     "paper": dict(
@@ -67,12 +73,15 @@ def synchronize(device: torch.device) -> None:
 
 def time_operation(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> dict:
     """Wall-clock median and spread of ``repeats`` calls after ``warmup`` untimed ones (seconds), and the
-    median process CPU time (all threads; unlike wall time, it barely moves when other processes load the machine).
+    median process CPU time (all threads; unlike wall time, it barely moves when other processes load the machine)
+    and the minor page faults per call (memory the kernel had to map and zero: the cost the CPU allocator switch
+    removes).
     """
     for _ in range(warmup):
         fn()
     synchronize(device)
     samples, cpu_samples = [], []
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
         start, cpu_start = time.perf_counter(), time.process_time()
         fn()
@@ -84,6 +93,7 @@ def time_operation(fn: Callable[[], None], device: torch.device, warmup: int, re
         "min_s": min(samples),
         "max_s": max(samples),
         "median_cpu_s": statistics.median(cpu_samples),
+        "minor_page_faults_per_call": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / repeats,
         "repeats": repeats,
     }
 
@@ -125,6 +135,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--merge-last-token", choices=["on", "off"], default="on")
+    parser.add_argument(
+        "--cpu-allocator",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="keep freed CPU memory for reuse (glibc mallopt); auto: on for CPU devices",
+    )
     parser.add_argument("--only", nargs="*", default=None, help="subset of operations to time")
     args = parser.parse_args(argv)
 
@@ -137,13 +153,16 @@ def main(argv: list[str] | None = None) -> dict:
         mixed_precision=args.dtype == "bfloat16",
         channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
         merge_last_token=args.merge_last_token == "on",
-    )
+        tune_cpu_allocator={"auto": None, "on": True, "off": False}[args.cpu_allocator],
+    ).resolved(device)
+    apply_process_options(options)
     configure_modules(options, device, tokenizer, actor_critic)
     autocast = autocast_context(options, device)
     k = tokenizer.tokens_per_obs
-    tokenizer_optimizer = torch.optim.Adam(tokenizer.parameters(), lr=1e-4)
-    world_model_optimizer = torch.optim.AdamW(world_model.weight_decay_groups(0.01), lr=1e-4)
-    actor_critic_optimizer = torch.optim.Adam(actor_critic.parameters(), lr=1e-4)
+    fused = optimizer_kwargs(options, device)
+    tokenizer_optimizer = torch.optim.Adam(tokenizer.parameters(), lr=1e-4, **fused)
+    world_model_optimizer = torch.optim.AdamW(world_model.weight_decay_groups(0.01), lr=1e-4, **fused)
+    actor_critic_optimizer = torch.optim.Adam(actor_critic.parameters(), lr=1e-4, **fused)
 
     def frames(n: int) -> torch.Tensor:
         return torch.randint(0, 256, (n, 3, resolution, resolution), dtype=torch.uint8, device=device)

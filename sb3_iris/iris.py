@@ -30,7 +30,7 @@ from sb3_iris.caches import ReconstructionCache
 from sb3_iris.imagination import imagine_rollouts, reconstruct_context
 from sb3_iris.nn.actor_critic import LSTMState, actor_critic_loss, compute_lambda_returns
 from sb3_iris.nn.tokenizer import codebook_usage
-from sb3_iris.performance import PerformanceOptions, autocast_context, configure_modules
+from sb3_iris.performance import PerformanceOptions, apply_process_options, autocast_context, configure_modules
 from sb3_iris.policies import CnnPolicy, IrisPolicy, MlpPolicy
 
 SelfIRIS = TypeVar("SelfIRIS", bound="IRIS")
@@ -96,6 +96,9 @@ class IRIS(BaseAlgorithm):
     :param merge_last_token: in imagination, write each generated frame's last token into the KV cache together
         with the next action token (K instead of K + 1 transformer passes per imagined step; same results)
     :param fused_optimizers: fused Adam/AdamW kernels (None: on where torch supports them for the device)
+    :param tune_cpu_allocator: make glibc's malloc keep freed memory for reuse instead of unmapping and
+        page-faulting large tensors on every step (None: on for CPU devices on glibc; up to 2x faster tokenizer
+        and world-model updates on a 2-core CPU; same results; process-wide; a higher resident set)
     :param stats_window_size: window for the rollout episode statistics
     :param tensorboard_log: TensorBoard log folder (None: no logging)
     :param policy_kwargs: keyword arguments of the policy (``tokenizer_kwargs``, ``world_model_kwargs``,
@@ -145,6 +148,7 @@ class IRIS(BaseAlgorithm):
         channels_last: Optional[bool] = None,
         merge_last_token: bool = True,
         fused_optimizers: Optional[bool] = None,
+        tune_cpu_allocator: Optional[bool] = None,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
@@ -201,6 +205,7 @@ class IRIS(BaseAlgorithm):
         self.channels_last = channels_last
         self.merge_last_token = merge_last_token
         self.fused_optimizers = fused_optimizers
+        self.tune_cpu_allocator = tune_cpu_allocator
         self._n_epochs = 0
         self.last_phase_seconds: dict[str, float] = {}
         self.last_collection_seconds = 0.0
@@ -262,7 +267,9 @@ class IRIS(BaseAlgorithm):
             channels_last=self.channels_last,
             merge_last_token=self.merge_last_token,
             fused_optimizers=self.fused_optimizers,
+            tune_cpu_allocator=self.tune_cpu_allocator,
         ).resolved(self.device)
+        apply_process_options(self.performance)
         # Build on the target device first so that fused optimiser states are created there.
         self.policy = self.policy_class(
             self.observation_space,
