@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from sb3_iris.imagination import imagine_rollouts, reconstruct_context
+from sb3_iris.imagination import OneTokenStepper, imagine_rollouts, reconstruct_context
 from sb3_iris.nn.actor_critic import ActorCritic, ActorCriticConfig, actor_critic_loss, compute_lambda_returns
 from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig
 from sb3_iris.nn.world_model import WorldModel, WorldModelConfig
@@ -141,6 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
         default="auto",
         help="keep freed CPU memory for reuse (glibc mallopt); auto: on for CPU devices",
     )
+    parser.add_argument(
+        "--compile-imagination",
+        choices=["on", "off"],
+        default="off",
+        help="imagination through the compiled static-shape one-token world-model pass (CUDA graphs on CUDA)",
+    )
     parser.add_argument("--only", nargs="*", default=None, help="subset of operations to time")
     args = parser.parse_args(argv)
 
@@ -154,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
         merge_last_token=args.merge_last_token == "on",
         tune_cpu_allocator={"auto": None, "on": True, "off": False}[args.cpu_allocator],
+        compile_imagination=args.compile_imagination == "on",
     ).resolved(device)
     apply_process_options(options)
     configure_modules(options, device, tokenizer, actor_critic)
@@ -178,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     ac_tokens = torch.randint(0, tokenizer.vocab_size, (args.ac_batch, args.burn_in + 1, k), device=device)
     ac_mask = torch.ones(args.ac_batch, args.burn_in + 1, dtype=torch.bool, device=device)
     ac_cache = world_model.new_cache(args.ac_batch, device)
+    stepper = OneTokenStepper(world_model, compile=True) if options.compile_imagination else None
 
     def tokenizer_update() -> None:
         tokenizer.train()
@@ -224,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
                 cache=ac_cache,
                 merge_last_token=options.merge_last_token,
                 context_reconstructions=reconstructions,
+                stepper=stepper,
             )
             returns = compute_lambda_returns(
                 rollout.rewards, rollout.values.detach().float(), rollout.ends, 0.995, 0.95

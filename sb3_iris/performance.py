@@ -7,6 +7,9 @@
   into the KV cache is merged with the next step's action pass (K instead of K + 1 passes per step;
   the same computation, in a different grouping).
 - ``fused_optimizers``: fused (or ``foreach``) Adam/AdamW kernels where torch provides them.
+- ``compile_imagination``: imagination generates through the world model's static-shape one-token pass,
+  wrapped in ``torch.compile`` (on CUDA with ``mode="reduce-overhead"``, i.e. replayed as a CUDA graph). Off by
+  default: compiling takes a minute, and its gain has not been measured on a GPU yet (see the README).
 - ``tune_cpu_allocator``: keep freed CPU memory in the process (glibc ``mallopt``) instead of returning every
   large tensor to the kernel with ``munmap`` and page-faulting it back in on the next allocation. PyTorch's CPU
   allocator is plain ``malloc``: without this, one paper-sized tokenizer update page-faults about 2 GB of
@@ -56,6 +59,7 @@ class PerformanceOptions:
         AVX-512 CPU; the usual choice for CUDA)
     :param merge_last_token: merge the last-token pass with the next action pass in imagination
     :param fused_optimizers: fused Adam/AdamW; ``None``: on where torch supports it for the device
+    :param compile_imagination: compiled static-shape one-token world-model passes in imagination; ``None``: off
     :param tune_cpu_allocator: keep freed CPU memory for reuse (see :func:`configure_cpu_allocator`); ``None``: on
         for CPU devices where the C library is glibc
     """
@@ -64,6 +68,7 @@ class PerformanceOptions:
     channels_last: Optional[bool] = None
     merge_last_token: bool = True
     fused_optimizers: Optional[bool] = None
+    compile_imagination: Optional[bool] = None
     tune_cpu_allocator: Optional[bool] = None
 
     def resolved(self, device: torch.device) -> PerformanceOptions:
@@ -75,6 +80,7 @@ class PerformanceOptions:
             fused_optimizers=(device.type in ("cuda", "cpu"))
             if self.fused_optimizers is None
             else self.fused_optimizers,
+            compile_imagination=bool(self.compile_imagination),
             tune_cpu_allocator=(device.type == "cpu" and is_glibc())
             if self.tune_cpu_allocator is None
             else self.tune_cpu_allocator,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from sb3_iris import IRIS
-from sb3_iris.imagination import imagine_rollouts
+from sb3_iris.imagination import OneTokenStepper, imagine_rollouts
 from sb3_iris.nn.actor_critic import ActorCritic, ActorCriticConfig, actor_critic_loss, compute_lambda_returns
 from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig
 from sb3_iris.nn.world_model import WorldModel, WorldModelConfig
@@ -333,3 +334,72 @@ def test_context_reconstructions_cached_equal_decoded():
     plain = model.context_reconstructions(*args)
     torch.testing.assert_close(first, plain, rtol=0, atol=1e-6)
     torch.testing.assert_close(second, plain, rtol=0, atol=1e-6)
+
+
+def test_one_token_pass_equals_cached_pass():
+    """The static-shape one-token pass gives the dynamic cached pass's logits at every position (action and
+    observation tokens, across two blocks) and leaves the same keys and values in the cache."""
+    _, world_model, _ = tiny_networks(max_blocks=3)
+    world_model.eval()
+    k = world_model.config.tokens_per_obs
+    torch.manual_seed(1)
+    obs = torch.randint(0, world_model.config.obs_vocab_size, (2, 2, k))
+    actions = torch.randint(0, world_model.config.num_actions, (2, 2))
+    sequence = torch.cat([obs, actions.unsqueeze(-1)], dim=-1).flatten(1)  # (B, 2 * (K + 1))
+    plain_cache, static_cache = world_model.new_cache(2), world_model.new_cache(2)
+    stepper = OneTokenStepper(world_model)
+    with torch.no_grad():
+        for position in range(sequence.shape[1]):
+            token = sequence[:, position : position + 1]
+            plain = world_model(token, plain_cache)
+            logits_obs, logits_rewards, logits_ends = stepper(token, static_cache)
+            if plain.logits_observations.shape[1]:
+                torch.testing.assert_close(logits_obs, plain.logits_observations[:, -1], rtol=1e-5, atol=1e-5)
+            if plain.logits_rewards.shape[1]:
+                torch.testing.assert_close(logits_rewards, plain.logits_rewards[:, -1], rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(logits_ends, plain.logits_ends[:, -1], rtol=1e-5, atol=1e-5)
+    assert static_cache.size == plain_cache.size == sequence.shape[1]
+    size = plain_cache.size
+    torch.testing.assert_close(static_cache.keys[..., :size, :], plain_cache.keys[..., :size, :], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        static_cache.values[..., :size, :], plain_cache.values[..., :size, :], rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_one_token_stepper_imagination_equals_plain(compiled):
+    """Imagination through the static one-token stepper (eager, or traced by torch.compile) gives the plain
+    cached imagination's actions, rewards and ends with the same seed (re-priming included: horizon > context)."""
+    tokenizer, world_model, actor_critic = tiny_networks(max_blocks=4)
+    world_model.eval()
+    tokenizer.eval()
+    context = torch.randint(0, 32, (3, 3, 16), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(3, 3, dtype=torch.bool)
+    stepper = OneTokenStepper(world_model, compile=compiled, backend="aot_eager")
+    outputs = []
+    for step_with in (None, stepper):
+        torch.manual_seed(5)
+        outputs.append(
+            imagine_rollouts(tokenizer, world_model, actor_critic, context, mask, horizon=6, stepper=step_with)
+        )
+    plain, static = outputs
+    assert torch.equal(plain.actions, static.actions)
+    assert torch.equal(plain.rewards, static.rewards)
+    assert torch.equal(plain.ends, static.ends)
+    torch.testing.assert_close(plain.logits, static.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain.values, static.values, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor needs a C++ compiler")
+def test_compile_imagination_trains_like_the_plain_path():
+    """IRIS(compile_imagination=True) (inductor-compiled one-token pass) trains to the plain path's parameters."""
+    parameters = []
+    for compile_imagination in (False, True):
+        model = IRIS(
+            "CnnPolicy", ColorBoxEnv(), seed=4, **tiny_iris_kwargs(image=True, compile_imagination=compile_imagination)
+        )
+        assert (model._token_stepper is not None) is compile_imagination
+        model.learn(2 * model.n_steps_per_epoch)
+        parameters.append([p.detach().clone() for p in model.policy.actor_critic.parameters()])
+    for plain, compiled in zip(*parameters):
+        torch.testing.assert_close(compiled, plain, rtol=1e-4, atol=1e-5)

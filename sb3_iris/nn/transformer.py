@@ -135,6 +135,36 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(b, t, c)
         return self.residual_dropout(self.proj(y))
 
+    def forward_one_token(
+        self, x: torch.Tensor, cached_keys: torch.Tensor, cached_values: torch.Tensor, visible: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One new token against a full-size cache, with static shapes and without writing to the cache.
+
+        Attention is split into the cached part (a masked product with every cache slot) and the new token's
+        own key, so the cache is only read: the caller writes the returned key and value. Equal to
+        :meth:`forward` with a cache within float tolerance (a different summation order). Eval mode only.
+
+        :param x: ``(B, 1, D)`` normalised input of the new token
+        :param cached_keys: ``(B, H, T_max, Dh)`` keys of this layer (slots at and after the position are ignored)
+        :param cached_values: ``(B, H, T_max, Dh)`` values of this layer
+        :param visible: ``(T_max,)`` bool, True for the cache slots before the new token's position
+        :return: the block output ``(B, 1, D)`` and the new key and value ``(B, H, 1, Dh)``
+        """
+        b, _, c = x.shape
+        q, k, v = self.qkv(x).view(b, 1, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        scale = self.head_dim**-0.5
+        q_cache = q.to(cached_keys.dtype)
+        scores_cached = (q_cache @ cached_keys.transpose(-1, -2)) * scale  # (B, H, 1, T_max)
+        scores_cached = scores_cached.masked_fill(~visible, float("-inf"))
+        score_new = (q_cache * k.to(cached_keys.dtype)).sum(-1, keepdim=True) * scale  # (B, H, 1, 1)
+        weights = torch.softmax(torch.cat([scores_cached, score_new], dim=-1).float(), dim=-1)
+        max_tokens = cached_keys.shape[2]
+        weights_cached = weights[..., :max_tokens].to(cached_values.dtype)
+        weights_new = weights[..., max_tokens:].to(cached_values.dtype)
+        y = weights_cached @ cached_values + weights_new * v.to(cached_values.dtype)
+        y = y.to(x.dtype).transpose(1, 2).reshape(b, 1, c)
+        return self.proj(y), k, v
+
 
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))`` with a GELU MLP of width 4x."""
@@ -154,6 +184,16 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
         x = x + self.attention(self.ln_attention(x), cache, layer)
         return x + self.mlp(self.ln_mlp(x))
+
+    def forward_one_token(
+        self, x: torch.Tensor, cached_keys: torch.Tensor, cached_values: torch.Tensor, visible: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Static-shape one-token pass (see :meth:`CausalSelfAttention.forward_one_token`)."""
+        attended, key, value = self.attention.forward_one_token(
+            self.ln_attention(x), cached_keys, cached_values, visible
+        )
+        x = x + attended
+        return x + self.mlp(self.ln_mlp(x)), key, value
 
 
 class Transformer(nn.Module):
@@ -194,3 +234,26 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.size += x.shape[1]
         return self.ln_final(x)
+
+    def forward_one_token(
+        self, x: torch.Tensor, position: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One embedded token at ``position`` against a full :class:`KVCache`'s tensors, with static shapes.
+
+        Every shape is independent of the position, so the pass can be captured in a CUDA graph or compiled
+        once. The cache is only read; the caller writes the returned keys and values at ``position``.
+        Eval mode only (no dropout).
+
+        :param x: ``(B, 1, D)`` embedding of the new token
+        :param position: 0-d long tensor, the new token's absolute position (= the number of cached tokens)
+        :param keys: ``(L, B, H, T_max, Dh)`` the cache's keys
+        :param values: ``(L, B, H, T_max, Dh)`` the cache's values
+        :return: hidden state ``(B, 1, D)`` after the final LayerNorm, new keys and values ``(L, B, H, 1, Dh)``
+        """
+        visible = torch.arange(keys.shape[3], device=x.device) < position
+        new_keys, new_values = [], []
+        for layer, block in enumerate(self.blocks):
+            x, key, value = block.forward_one_token(x, keys[layer], values[layer], visible)
+            new_keys.append(key)
+            new_values.append(value)
+        return self.ln_final(x), torch.stack(new_keys), torch.stack(new_values)

@@ -235,6 +235,35 @@ class WorldModel(nn.Module):
             logits_ends = self.head_ends(selected)
         return WorldModelOutput(hidden, logits_obs, logits_rewards, logits_ends, obs_positions, action_positions)
 
+    def forward_one_token(
+        self, tokens: torch.Tensor, position: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Static-shape pass of one token at ``position`` against a full KV cache (for CUDA graphs / compile).
+
+        Whether the token is an action or an observation token follows from ``position``, inside the graph.
+        All three heads are evaluated (a few small matrix products; the caller uses what it needs).
+        The cache is only read: write the returned keys and values at ``position`` (see
+        :class:`sb3_iris.imagination.OneTokenStepper`). Eval mode only.
+
+        :param tokens: ``(B, 1)`` token ids
+        :param position: 0-d long tensor, the absolute position of the token (the cache's size)
+        :param keys: ``(L, B, H, T_max, Dh)`` the cache's keys
+        :param values: ``(L, B, H, T_max, Dh)`` the cache's values
+        :return: observation, reward and end logits ``(B, 1, .)``, new keys and values ``(L, B, H, 1, Dh)``
+        """
+        is_action = (position % self.tokens_per_block) == self.config.tokens_per_obs
+        action_part = self.action_embedding(tokens.clamp(max=self.config.num_actions - 1))
+        obs_part = self.obs_embedding(tokens.clamp(max=self.config.obs_vocab_size - 1))
+        embeddings = torch.where(is_action, action_part, obs_part) + self.position_embedding(position)
+        hidden, new_keys, new_values = self.transformer.forward_one_token(embeddings, position, keys, values)
+        return (
+            self.head_observations(hidden),
+            self.head_rewards(hidden),
+            self.head_ends(hidden),
+            new_keys,
+            new_values,
+        )
+
     def compute_loss(
         self,
         obs_tokens: torch.Tensor,
