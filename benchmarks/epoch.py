@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ac-batch", type=int, default=64, help="published: 64")
     parser.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--token-cache", choices=["on", "off"], default="on")
+    parser.add_argument(
+        "--compile-imagination", choices=["on", "off"], default="off", help="compiled one-token pass (CUDA graphs)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         final_training_epochs=0,
         use_token_cache=args.token_cache == "on",
         mixed_precision=mixed_precision,
+        compile_imagination=args.compile_imagination == "on",
         device=args.device,
         seed=args.seed,
     )

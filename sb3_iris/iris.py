@@ -13,6 +13,7 @@ import pathlib
 import pickle
 import sys
 import time
+import warnings
 import zipfile
 from typing import Any, ClassVar, Optional, TypeVar, Union
 
@@ -291,6 +292,17 @@ class IRIS(BaseAlgorithm):
             raise ValueError(
                 f"sequence_length={self.sequence_length} exceeds the world model's context "
                 f"(world_model_kwargs max_blocks={max_blocks})"
+            )
+        imagined_blocks = min(self.imagination_horizon + 1, max_blocks)
+        if imagined_blocks > self.sequence_length:
+            warnings.warn(
+                f"imagination_horizon={self.imagination_horizon} reaches block position {imagined_blocks} of the "
+                f"world model, but it is trained on segments of sequence_length={self.sequence_length} blocks: the "
+                f"last {imagined_blocks - self.sequence_length} imagined steps use position embeddings that never "
+                f"receive training. Use sequence_length >= min(imagination_horizon + 1, max_blocks={max_blocks}) "
+                "(IRIS: 20 and 20, re-priming at max_blocks=20).",
+                UserWarning,
+                stacklevel=2,
             )
         self.replay_buffer = self._make_replay_buffer()
         self.replay_buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)

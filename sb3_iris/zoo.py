@@ -110,9 +110,17 @@ def sample_iris_params(
     return convert_iris_params(sampled)
 
 
+#: Default ``max_blocks`` of the world model: the longest world-model segment a sampled config may ask for.
+DEFAULT_MAX_BLOCKS = 20
+
+
 def convert_iris_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
-    """Optuna trial parameters -> IRIS keyword arguments (the names are the same: a copy)."""
-    return dict(sampled_params)
+    """Optuna trial parameters -> IRIS keyword arguments (the same names), plus the ``sequence_length`` that
+    trains every block position a sampled ``imagination_horizon`` uses (``min(horizon + 1, 20)``)."""
+    params = dict(sampled_params)
+    if "imagination_horizon" in params and "sequence_length" not in params:
+        params["sequence_length"] = min(int(params["imagination_horizon"]) + 1, DEFAULT_MAX_BLOCKS)
+    return params
 
 
 # --------------------------------------------------------------------------------------------
