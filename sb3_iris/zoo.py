@@ -110,17 +110,14 @@ def sample_iris_params(
     return convert_iris_params(sampled)
 
 
-#: Default ``max_blocks`` of the world model: the longest world-model segment a sampled config may ask for.
-DEFAULT_MAX_BLOCKS = 20
-
-
 def convert_iris_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
-    """Optuna trial parameters -> IRIS keyword arguments (the same names), plus the ``sequence_length`` that
-    trains every block position a sampled ``imagination_horizon`` uses (``min(horizon + 1, 20)``)."""
-    params = dict(sampled_params)
-    if "imagination_horizon" in params and "sequence_length" not in params:
-        params["sequence_length"] = min(int(params["imagination_horizon"]) + 1, DEFAULT_MAX_BLOCKS)
-    return params
+    """Optuna trial parameters -> IRIS keyword arguments (the names are the same: a copy).
+
+    ``sequence_length`` is not sampled: it must fit the yml entry's ``max_blocks``, which the sampler does not
+    see. IRIS warns when a sampled ``imagination_horizon`` reaches world-model positions that
+    ``sequence_length`` does not train.
+    """
+    return dict(sampled_params)
 
 
 # --------------------------------------------------------------------------------------------

@@ -265,7 +265,6 @@ def test_sampler_signature_and_values():
         assert 1e-5 <= params["learning_rate"] <= 1e-3
         assert 1e-4 <= params["ent_coef"] <= 1e-2
         assert params["imagination_horizon"] in (10, 15, 20)
-        assert params["sequence_length"] == min(params["imagination_horizon"] + 1, 20)
         assert params["gamma"] in (0.98, 0.99, 0.995, 0.999)
         assert zoo.convert_iris_params(trial.params) == params
         if HAS_IRIS:
