@@ -1,4 +1,4 @@
-"""Sample-efficiency comparison: IRIS against RL Zoo's tuned PPO and DQN, side by side.
+"""Sample-efficiency comparison: IRIS against PPO and DQN through RL Zoo, side by side.
 
 Every run is an unmodified RL Zoo training command in a subprocess (one seed, one algorithm, one env),
 with the same evaluation protocol for all algorithms (``EvalCallback``: every ``--eval-freq`` env
@@ -6,24 +6,41 @@ steps, ``--eval-episodes`` episodes on one separate eval env, deterministic acti
 
     python -m rl_zoo3.train --algo <algo> --env <env> --seed <seed> -n <budget> \\
         --eval-freq 2000 --eval-episodes 10 --n-eval-envs 1 --num-threads 1 --device cpu \\
-        -f <log-dir>/<env>/<algo>/seed<seed> [-conf hyperparams/iris.yml]   # IRIS only
+        -f <log-dir>/<env>/<algo>/seed<seed> [-conf <file>] [--gym-packages <module>]
 
-PPO and DQN use RL Zoo's own tuned hyperparameters (``rl_zoo3/hyperparams/{ppo,dqn}.yml``); IRIS uses
-``hyperparams/iris.yml``. ``-n <budget>`` overrides ``n_timesteps`` for every algorithm, so linear
-schedules (PPO's ``lin_1e-3`` learning rate and clip range, DQN's exploration fraction) are compressed
-to the budget. The script then reads the ``evaluations.npz`` files RL Zoo writes and produces, in
-``--out``:
+Hyperparameters (``-conf``):
 
-- ``results.md``: per env, the mean and spread of the evaluation return at fixed budgets, the env steps
-  to reach a threshold (475 for CartPole-v1) per seed, and the wall time per run; rliable IQM with
-  95% stratified-bootstrap CIs across envs when ``rliable`` is importable (skipped with a note otherwise);
+- IRIS: ``hyperparams/iris.yml`` (``--iris-conf``).
+- PPO, DQN (any algorithm but IRIS): RL Zoo's own tuned ``rl_zoo3/hyperparams/<algo>.yml``, except for the
+  envs listed in ``hyperparams/baselines/<algo>.yml`` (``--baseline-conf-dir``), which then gets passed as
+  ``-conf``. RL Zoo has no MinAtar entries, so ``hyperparams/baselines/{ppo,dqn}.yml`` hold MinAtar settings
+  from the literature (their comments say which); CartPole-v1 and the other classic envs keep RL Zoo's
+  tuned values. A baseline file therefore only needs the envs RL Zoo lacks.
+
+``-n <budget>`` overrides ``n_timesteps`` for every algorithm, so linear schedules (PPO's ``lin_1e-3``
+learning rate and clip range, DQN's exploration fraction) are compressed to the budget. Env ids of
+packages that register their own Gymnasium ids get ``--gym-packages`` (``GYM_PACKAGES``: ``MinAtar/*``
+-> ``sb3_iris.minatar``, which registers the MinAtar ids and holds IRIS's image wrapper). The script then
+reads the ``evaluations.npz`` files RL Zoo writes and produces, in ``--out``:
+
+- ``results.md``: per env, the mean and spread of the evaluation return at fixed budgets (``--report-at``;
+  default a quarter, half and all of the budget), the env steps to reach a threshold per seed
+  (``--threshold``; defaults in ``DEFAULT_THRESHOLDS``), and the wall time per run; rliable IQM with 95%
+  stratified-bootstrap CIs across envs when ``rliable`` is importable and there are at least 2 runs per
+  algorithm (skipped with a note otherwise);
 - ``curves.csv`` (every evaluation of every run) and ``summary.csv`` (one row per env and algorithm);
-- ``learning_curves_<env>.png``: mean evaluation return of each algorithm over seeds, shaded min-max.
+- ``learning_curves_<env>.png``: mean evaluation return of each algorithm over seeds, shaded min-max;
+- ``run_info/<env>/<algo>/seed<seed>.json``: a copy of each run's ``run.json`` (command, wall time, exit code).
 
-Example (the CartPole comparison of ``docs/results.md``)::
+Model files and logs stay in ``--log-dir`` (default ``logs/sample_efficiency``), outside ``--out``.
+
+Examples (the CartPole comparison of ``docs/results.md``; the MinAtar Breakout comparison of
+``benchmarks/results/minatar_breakout``)::
 
     python benchmarks/sample_efficiency.py --envs CartPole-v1 --algos iris ppo dqn --seeds 0 1 2 \\
         --budget CartPole-v1=10000 --out benchmarks/results/cartpole
+    python benchmarks/sample_efficiency.py --envs MinAtar/Breakout-v1 --algos iris ppo dqn --seeds 0 1 2 \\
+        --budget 50000 --eval-freq 5000 --report-at 10000 25000 50000 --out benchmarks/results/minatar_breakout
 
 Runs whose ``run.json`` already exists are skipped unless ``--force``; ``--report-only`` re-reads the
 logs without training. Runs execute one at a time by default (``--jobs`` for more).
@@ -52,18 +69,36 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IRIS_CONF = REPO_ROOT / "hyperparams" / "iris.yml"
+DEFAULT_BASELINE_CONF_DIR = REPO_ROOT / "hyperparams" / "baselines"
 
-#: Return threshold for "solved" per env (steps-to-threshold column); envs not listed have none.
-DEFAULT_THRESHOLDS = {"CartPole-v1": 475.0, "CartPole-v0": 195.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0}
+#: Return threshold for the steps-to-threshold column per env; envs not listed have none.
+#: MinAtar/Breakout-v1: 2.0, about five times the return of a uniformly random policy (0.38).
+DEFAULT_THRESHOLDS = {
+    "CartPole-v1": 475.0,
+    "CartPole-v0": 195.0,
+    "Acrobot-v1": -100.0,
+    "LunarLander-v3": 200.0,
+    "MinAtar/Breakout-v1": 2.0,
+}
 
 #: (random, reference) returns used to normalise scores for the cross-env rliable aggregate.
-#: Reference = maximum return where the env has one, otherwise a commonly used "solved" level.
-NORMALIZATION = {
+#: Reference = maximum return where the env has one, otherwise a commonly used "solved" level; None: the best
+#: mean evaluation return that any run of the report reached on that env (the report says so).
+#: MinAtar/Breakout-v1 random: 0.38, the mean return of uniformly random actions over 10 000 episodes
+#: (seeds 0-9999, gymnasium's default sticky actions 0.1), measured with ``random_policy_return``.
+NORMALIZATION: dict[str, tuple[float, Optional[float]]] = {
     "CartPole-v1": (22.0, 500.0),
     "Acrobot-v1": (-500.0, -60.0),
     "MountainCar-v0": (-200.0, -100.0),
     "LunarLander-v3": (-180.0, 200.0),
+    "MinAtar/Breakout-v1": (0.38, None),
 }
+
+#: The rliable aggregate needs at least this many (run, env) scores for one algorithm.
+MIN_RLIABLE_SCORES = 2
+
+#: Env id prefix -> module to import (``--gym-packages``) so that RL Zoo finds the id.
+GYM_PACKAGES = {"MinAtar/": "sb3_iris.minatar"}
 
 
 def _env_slug(env_id: str) -> str:
@@ -121,7 +156,47 @@ def _zoo_entry_point() -> list[str]:
     return [sys.executable, "-m", "sb3_iris.zoo", "train"]
 
 
+def gym_packages_for(env_id: str, extra: Optional[list[str]] = None) -> list[str]:
+    """Modules RL Zoo must import (``--gym-packages``) to find ``env_id``: those of ``GYM_PACKAGES`` plus ``extra``.
+
+    :param env_id: Gymnasium env id
+    :param extra: modules given on the command line, kept first and in order
+    :return: module names without duplicates
+    """
+    packages = list(extra or [])
+    for prefix, module in GYM_PACKAGES.items():
+        if env_id.startswith(prefix) and module not in packages:
+            packages.append(module)
+    return packages
+
+
+def conf_envs(path: Path) -> set[str]:
+    """Env ids (top-level keys) of an RL Zoo hyperparameter file; empty if the file does not exist."""
+    if not path.is_file():
+        return set()
+    import yaml
+
+    content = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: expected a mapping of env ids to hyperparameters, got {type(content).__name__}")
+    return set(content)
+
+
+def baseline_conf(algo: str, env_id: str, conf_dir: Optional[Path]) -> Optional[Path]:
+    """The ``-conf`` file for a non-IRIS run: ``<conf_dir>/<algo>.yml`` if it has ``env_id``, else None (RL Zoo's).
+
+    :param algo: RL Zoo algorithm name
+    :param env_id: Gymnasium env id
+    :param conf_dir: folder of the baseline files (None: always RL Zoo's own hyperparameters)
+    """
+    if conf_dir is None:
+        return None
+    path = Path(conf_dir) / f"{algo}.yml"
+    return path if env_id in conf_envs(path) else None
+
+
 def build_command(run: Run, args: argparse.Namespace, entry_point: list[str]) -> list[str]:
+    """The RL Zoo training command of one run (see the module docstring)."""
     command = [
         *entry_point,
         "--algo", run.algo,
@@ -137,8 +212,13 @@ def build_command(run: Run, args: argparse.Namespace, entry_point: list[str]) ->
     ]  # fmt: skip
     if run.algo == "iris":
         command += ["-conf", str(args.iris_conf)]
-    if args.gym_packages:
-        command += ["--gym-packages", *args.gym_packages]
+    else:
+        conf = baseline_conf(run.algo, run.env, args.baseline_conf_dir)
+        if conf is not None:
+            command += ["-conf", str(conf)]
+    packages = gym_packages_for(run.env, args.gym_packages)
+    if packages:
+        command += ["--gym-packages", *packages]
     extra = args.zoo_args.get(run.algo, []) + args.zoo_args.get("all", [])
     return command + extra
 
@@ -187,6 +267,35 @@ def load(run: Run) -> None:
     run.returns = np.asarray(data["results"], dtype=float).reshape(len(run.timesteps), -1)
 
 
+def random_policy_return(env_id: str, episodes: int, seed: int = 0) -> tuple[float, float]:
+    """Mean and std of the return of uniformly random actions over ``episodes`` episodes (reset seeds
+    ``seed, seed + 1, ...``), for the random level of ``NORMALIZATION``.
+
+    :param env_id: Gymnasium env id (``GYM_PACKAGES`` modules are imported first)
+    :param episodes: number of episodes
+    :param seed: seed of the first episode and of the action sampler
+    """
+    import importlib
+
+    import gymnasium as gym
+
+    for module in gym_packages_for(env_id):
+        importlib.import_module(module)
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    returns = []
+    for episode in range(episodes):
+        env.reset(seed=seed + episode)
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns)), float(np.std(returns))
+
+
 # --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
@@ -221,8 +330,17 @@ def display_command(command: list[str]) -> str:
     return shlex.join(shown)
 
 
-def report_budgets(budget: int, eval_freq: int) -> list[int]:
-    """Budgets at which the table reports returns: a quarter, half and all of the run (on the eval grid)."""
+def report_budgets(budget: int, eval_freq: int, requested: Optional[list[int]] = None) -> list[int]:
+    """Env steps at which the table reports returns.
+
+    :param budget: env steps of the runs
+    :param eval_freq: env steps between evaluations
+    :param requested: explicit steps (``--report-at``); those above the budget are dropped. None: a quarter, half
+        and all of the budget, rounded to the evaluation grid
+    :return: sorted, distinct steps
+    """
+    if requested:
+        return sorted({int(step) for step in requested if 0 < int(step) <= budget})
     points = {budget}
     for fraction in (0.25, 0.5):
         step = int(round(budget * fraction / eval_freq)) * eval_freq
@@ -237,7 +355,7 @@ def summarize(runs: list[Run], envs: list[str], algos: list[str], args: argparse
     for env in envs:
         budget = args.budget[env]
         threshold = args.threshold.get(env)
-        points = report_budgets(budget, args.eval_freq)
+        points = report_budgets(budget, args.eval_freq, args.report_at)
         lines += [f"### {env}", ""]
         header = ["algo", "seeds"] + [f"return @ {p // 1000 if p % 1000 == 0 else p / 1000}k" for p in points]
         if threshold is not None:
@@ -255,7 +373,7 @@ def summarize(runs: list[Run], envs: list[str], algos: list[str], args: argparse
                 values = np.array([r.value_at(p) for r in selected])
                 mean, std = float(np.nanmean(values)), float(np.nanstd(values))
                 lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-                cells.append(f"{mean:.1f} ± {std:.1f} [{lo:.0f}, {hi:.0f}]")
+                cells.append(f"{mean:.1f} ± {std:.1f} [{lo:.1f}, {hi:.1f}]")
                 row[f"mean_return_at_{p}"] = mean
                 row[f"std_return_at_{p}"] = std
                 row[f"min_return_at_{p}"] = lo
@@ -281,8 +399,8 @@ def summarize(runs: list[Run], envs: list[str], algos: list[str], args: argparse
             rows.append(row)
         lines += [
             "",
-            "Return: mean ± std over seeds of the mean evaluation return (10 episodes, deterministic) at the last "
-            "evaluation at or before that many env steps; [min, max] over seeds. "
+            f"Return: mean ± std over seeds of the mean evaluation return ({args.eval_episodes} episodes, "
+            "deterministic) at the last evaluation at or before that many env steps; [min, max] over seeds. "
             + (
                 "Steps to threshold: first evaluation whose mean return reaches it (— = not within the budget). "
                 if threshold is not None
@@ -303,11 +421,15 @@ def rliable_section(runs: list[Run], envs: list[str], algos: list[str], args: ar
     usable = [env for env in envs if env in NORMALIZATION]
     if not usable:
         return "rliable: no env with known random/reference returns for normalisation; no aggregate.\n"
+    bounds = {env: normalization_bounds(env, runs) for env in usable}
+    usable = [env for env in usable if bounds[env] is not None]
+    if not usable:
+        return "rliable: no finished run to set the reference return of the normalisation; no aggregate.\n"
     score_dict = {}
     for algo in algos:
         columns = []
         for env in usable:
-            low, high = NORMALIZATION[env]
+            low, high = bounds[env]
             values = [
                 r.value_at(args.budget[env])
                 for r in runs
@@ -318,6 +440,11 @@ def rliable_section(runs: list[Run], envs: list[str], algos: list[str], args: ar
         if n == 0:
             continue
         score_dict[algo] = np.array([c[:n] for c in columns]).T  # (runs, tasks)
+    if not score_dict or max(scores.size for scores in score_dict.values()) < MIN_RLIABLE_SCORES:
+        return (
+            f"rliable: fewer than {MIN_RLIABLE_SCORES} runs per algorithm over {', '.join(usable)}; no bootstrap "
+            "aggregate (run more seeds or envs).\n"
+        )
 
     def aggregate(scores):
         return np.array(
@@ -325,10 +452,15 @@ def rliable_section(runs: list[Run], envs: list[str], algos: list[str], args: ar
         )
 
     estimates, intervals = rly.get_interval_estimates(score_dict, aggregate, reps=args.bootstrap_reps)
+    described = []
+    for env in usable:
+        low, high = bounds[env]
+        source = "" if NORMALIZATION[env][1] is not None else " = best mean evaluation return of any run here"
+        described.append(f"{env}: random {low:g}, reference {high:g}{source}")
     lines = [
         f"Normalised score (return - random) / (reference - random) at each env's budget, over {', '.join(usable)} "
-        f"(random/reference: {', '.join(f'{e}: {NORMALIZATION[e]}' for e in usable)}); 95% stratified-bootstrap CIs "
-        f"({args.bootstrap_reps} reps). With a single env and 3 seeds these intervals are very wide.",
+        f"({'; '.join(described)}); 95% stratified-bootstrap CIs ({args.bootstrap_reps} reps)."
+        + (" With a single env and 3 seeds these intervals are very wide." if len(usable) == 1 else ""),
         "",
         "| algo | runs | IQM | mean | median |",
         "|---|---|---|---|---|",
@@ -340,6 +472,23 @@ def rliable_section(runs: list[Run], envs: list[str], algos: list[str], args: ar
             f"| {algo} | {score_dict[algo].shape[0]} x {score_dict[algo].shape[1]} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines) + "\n"
+
+
+def normalization_bounds(env: str, runs: list[Run]) -> Optional[tuple[float, float]]:
+    """(random, reference) return of ``env`` for the normalised scores, None if unknown.
+
+    A reference of None in ``NORMALIZATION`` means the best mean evaluation return that any run of ``env`` reached
+    (None when no run has evaluations or none beats the random return).
+    """
+    if env not in NORMALIZATION:
+        return None
+    low, high = NORMALIZATION[env]
+    if high is None:
+        best = [float(r.mean_curve.max()) for r in runs if r.env == env and r.returns is not None and len(r.returns)]
+        if not best or max(best) <= low:
+            return None
+        high = max(best)
+    return float(low), float(high)
 
 
 def plot(runs: list[Run], env: str, algos: list[str], args: argparse.Namespace, path: Path) -> None:
@@ -363,6 +512,9 @@ def plot(runs: list[Run], env: str, algos: list[str], args: argparse.Namespace, 
     threshold = args.threshold.get(env)
     if threshold is not None:
         ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    if env in NORMALIZATION:
+        random_return = NORMALIZATION[env][0]
+        ax.axhline(random_return, color="black", linestyle=":", linewidth=1, label=f"random {random_return:g}")
     ax.set_xlabel("environment steps")
     ax.set_ylabel(f"mean eval return ({args.eval_episodes} episodes)")
     ax.set_title(f"{env}: mean over seeds, shaded min-max")
@@ -394,6 +546,12 @@ def write_outputs(runs: list[Run], args: argparse.Namespace) -> Path:
         writer.writerows(rows)
     for env in args.envs:
         plot(runs, env, args.algos, args, out / f"learning_curves_{_env_slug(env)}.png")
+    for r in runs:
+        info_path = r.folder / "run.json"
+        if info_path.is_file():
+            copy = out / "run_info" / _env_slug(r.env) / r.algo / f"seed{r.seed}.json"
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_text(info_path.read_text())
     failed = [r for r in runs if r.returncode not in (None, 0)]
     missing = [r for r in runs if r.timesteps is None]
     commands = sorted({display_command(r.command) for r in runs if r.command})
@@ -421,6 +579,7 @@ def write_outputs(runs: list[Run], args: argparse.Namespace) -> Path:
         text += [f"- {r.env} {r.algo} seed {r.seed}: no evaluations.npz in {r.folder}" for r in missing]
         text.append("")
     text += ["### Commands", "", "```", *commands, "```", ""]
+    text += ["Per-run details (command, wall time, exit code, machine): `run_info/<env>/<algo>/seed<seed>.json`.", ""]
     (out / "results.md").write_text("\n".join(text))
     return out / "results.md"
 
@@ -467,8 +626,33 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--log-dir", default=None, help="RL Zoo log folders (default: logs/sample_efficiency)")
     parser.add_argument("--eval-freq", type=int, default=2000)
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument(
+        "--report-at",
+        nargs="+",
+        type=int,
+        default=None,
+        help="env steps at which results.md reports returns (default: a quarter, half and all of the budget)",
+    )
     parser.add_argument("--iris-conf", default=str(DEFAULT_IRIS_CONF), help="RL Zoo config file for IRIS")
-    parser.add_argument("--gym-packages", nargs="*", default=[], help="passed to rl_zoo3.train (e.g. minatar)")
+    parser.add_argument(
+        "--baseline-conf-dir",
+        default=str(DEFAULT_BASELINE_CONF_DIR),
+        help="folder of <algo>.yml files used (-conf) for the envs they list; other envs use RL Zoo's own files. "
+        "'' disables",
+    )
+    parser.add_argument(
+        "--gym-packages",
+        nargs="*",
+        default=[],
+        help="passed to rl_zoo3.train, in addition to those of GYM_PACKAGES (MinAtar/* -> sb3_iris.minatar)",
+    )
+    parser.add_argument(
+        "--measure-random",
+        type=int,
+        default=0,
+        metavar="EPISODES",
+        help="print the mean return of uniformly random actions over EPISODES episodes per env, then exit",
+    )
     parser.add_argument(
         "--zoo-arg",
         action="append",
@@ -496,11 +680,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         zoo_args.setdefault(algo, []).extend(shlex.split(extra))
     args.zoo_args = zoo_args
     args.log_dir = Path(args.log_dir or REPO_ROOT / "logs" / "sample_efficiency")
+    args.baseline_conf_dir = Path(args.baseline_conf_dir) if args.baseline_conf_dir else None
     return args
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    if args.measure_random:
+        for env in args.envs:
+            mean, std = random_policy_return(env, args.measure_random)
+            print(f"{env}: random policy return {mean:.3f} ± {std:.3f} over {args.measure_random} episodes")
+        return 0
     runs = [
         Run(env, algo, seed, args.budget[env], args.log_dir / _env_slug(env) / algo / f"seed{seed}")
         for env in args.envs
