@@ -75,7 +75,6 @@ class OneTokenStepper:
         self._step_function = world_model.forward_one_token
         self._compiled_by_device: dict[str, object] = {}
         self._positions: dict[str, torch.Tensor] = {}
-        self._static_caches: set[int] = set()
 
     def _function_for(self, device: torch.device):
         if not self.compiled:
@@ -95,13 +94,13 @@ class OneTokenStepper:
         return self._positions[key][position]
 
     def _mark_static(self, cache: KVCache) -> None:
-        if not self.compiled or cache.keys.device.type != "cuda" or id(cache.keys) in self._static_caches:
+        if not self.compiled or cache.keys.device.type != "cuda" or cache.static_addresses:
             return
         mark_static_address = getattr(torch._dynamo, "mark_static_address", None)
         if mark_static_address is not None:
             mark_static_address(cache.keys)
             mark_static_address(cache.values)
-            self._static_caches.add(id(cache.keys))
+            cache.static_addresses = True
 
     def __call__(self, tokens: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Append one token per sequence to ``cache`` and return the logits at it.
@@ -178,9 +177,8 @@ def world_model_step(
         deferral); None: the dynamic cached passes
     """
     if stepper is not None:
-        return _world_model_step_one_token(
-            world_model, cache, actions, current_obs_tokens, predict_next_obs, temperature, stepper
-        )
+        # The one-token pass writes every token itself: nothing is deferred.
+        pending_tokens, defer_last_token = None, False
     k = world_model.config.tokens_per_obs
     n_pending = 0 if pending_tokens is None else pending_tokens.shape[1]
     passes = 1 + k if predict_next_obs else 1
@@ -190,37 +188,9 @@ def world_model_step(
     step_tokens = (
         actions.unsqueeze(1) if pending_tokens is None else torch.cat([pending_tokens, actions.unsqueeze(1)], 1)
     )
-    output = world_model(step_tokens, cache, compute_observation_logits=predict_next_obs)
-    rewards = sample_from_logits(output.logits_rewards[:, -1]).float() - 1.0
-    ends = sample_from_logits(output.logits_ends[:, -1]).bool()
-    if not predict_next_obs:
-        return WorldModelStep(rewards, ends, None, None)
-    next_tokens = torch.empty(actions.shape[0], k, dtype=torch.long, device=actions.device)
-    next_tokens[:, 0] = sample_from_logits(output.logits_observations[:, -1], temperature)
-    for i in range(1, k):
-        output = world_model(next_tokens[:, i - 1 : i], cache, compute_action_logits=False)
-        next_tokens[:, i] = sample_from_logits(output.logits_observations[:, -1], temperature)
-    if defer_last_token:
-        return WorldModelStep(rewards, ends, next_tokens, next_tokens[:, k - 1 :])
-    world_model(next_tokens[:, k - 1 :], cache, compute_observation_logits=False, compute_action_logits=False)
-    return WorldModelStep(rewards, ends, next_tokens, None)
-
-
-def _world_model_step_one_token(
-    world_model: WorldModel,
-    cache: KVCache,
-    actions: torch.Tensor,
-    current_obs_tokens: torch.Tensor,
-    predict_next_obs: bool,
-    temperature: float,
-    stepper: OneTokenStepper,
-) -> WorldModelStep:
-    """:func:`world_model_step` through a :class:`OneTokenStepper` (the same samples in the same order)."""
-    k = world_model.config.tokens_per_obs
-    passes = 1 + k if predict_next_obs else 1
-    if cache.size + passes > cache.max_tokens:
-        prime_cache(world_model, cache, current_obs_tokens)
-    logits_obs, logits_rewards, logits_ends = stepper(actions.unsqueeze(1), cache)
+    logits_obs, logits_rewards, logits_ends = _extend_cache(
+        world_model, cache, step_tokens, stepper, observation_logits=predict_next_obs
+    )
     rewards = sample_from_logits(logits_rewards).float() - 1.0
     ends = sample_from_logits(logits_ends).bool()
     if not predict_next_obs:
@@ -228,10 +198,39 @@ def _world_model_step_one_token(
     next_tokens = torch.empty(actions.shape[0], k, dtype=torch.long, device=actions.device)
     next_tokens[:, 0] = sample_from_logits(logits_obs, temperature)
     for i in range(1, k):
-        logits_obs, _, _ = stepper(next_tokens[:, i - 1 : i], cache)
+        logits_obs, _, _ = _extend_cache(world_model, cache, next_tokens[:, i - 1 : i], stepper, action_logits=False)
         next_tokens[:, i] = sample_from_logits(logits_obs, temperature)
-    stepper(next_tokens[:, k - 1 :], cache)
+    if defer_last_token:
+        return WorldModelStep(rewards, ends, next_tokens, next_tokens[:, k - 1 :])
+    _extend_cache(world_model, cache, next_tokens[:, k - 1 :], stepper, observation_logits=False, action_logits=False)
     return WorldModelStep(rewards, ends, next_tokens, None)
+
+
+def _extend_cache(
+    world_model: WorldModel,
+    cache: KVCache,
+    tokens: torch.Tensor,
+    stepper: Optional[OneTokenStepper],
+    observation_logits: bool = True,
+    action_logits: bool = True,
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Feed ``tokens`` ``(B, T)`` into ``cache`` and return the observation, reward and end logits at the last one.
+
+    With a ``stepper`` every token goes through its static-shape one-token pass (all heads evaluated); without,
+    one dynamic cached pass evaluates only the heads asked for. Logits not asked for are None.
+    """
+    if stepper is not None:
+        for i in range(tokens.shape[1]):
+            logits = stepper(tokens[:, i : i + 1], cache)
+        return logits
+    output = world_model(
+        tokens, cache, compute_observation_logits=observation_logits, compute_action_logits=action_logits
+    )
+    return (
+        output.logits_observations[:, -1] if observation_logits else None,
+        output.logits_rewards[:, -1] if action_logits else None,
+        output.logits_ends[:, -1] if action_logits else None,
+    )
 
 
 @torch.no_grad()

@@ -273,8 +273,8 @@ class IRIS(BaseAlgorithm):
             channels_last=self.channels_last,
             merge_last_token=self.merge_last_token,
             fused_optimizers=self.fused_optimizers,
-            compile_imagination=getattr(self, "compile_imagination", None),
-            tune_cpu_allocator=getattr(self, "tune_cpu_allocator", None),
+            compile_imagination=self.compile_imagination,
+            tune_cpu_allocator=self.tune_cpu_allocator,
         ).resolved(self.device)
         apply_process_options(self.performance)
         # Build on the target device first so that fused optimiser states are created there.

@@ -79,6 +79,8 @@ class KVCache:
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.max_tokens = max_tokens
         self.size = 0
+        #: whether ``keys``/``values`` are marked as static addresses for CUDA graphs (see OneTokenStepper)
+        self.static_addresses = False
 
     @property
     def batch_size(self) -> int:
