@@ -100,18 +100,14 @@ def autocast_context(options: PerformanceOptions, device: Union[torch.device, st
 
 def configure_modules(options: PerformanceOptions, device: Union[torch.device, str], *modules: nn.Module) -> None:
     """Apply memory-format choices to convolutional ``modules`` in place."""
-    device = torch.device(device)
-    channels_last = options.channels_last if options.channels_last is not None else True
-    if channels_last:
+    if options.resolved(torch.device(device)).channels_last:
         for module in modules:
             module.to(memory_format=torch.channels_last)
 
 
 def optimizer_kwargs(options: PerformanceOptions, device: Union[torch.device, str]) -> dict:
     """Keyword arguments selecting fused optimiser kernels when enabled."""
-    device = torch.device(device)
-    fused = options.fused_optimizers if options.fused_optimizers is not None else device.type in ("cuda", "cpu")
-    return {"fused": True} if fused else {}
+    return {"fused": True} if options.resolved(torch.device(device)).fused_optimizers else {}
 
 
 # mallopt parameter numbers from glibc's <malloc.h>.
