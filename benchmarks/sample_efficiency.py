@@ -43,7 +43,13 @@ Examples (the CartPole comparison of ``docs/results.md``; the MinAtar Breakout c
         --budget 50000 --eval-freq 5000 --report-at 10000 25000 50000 --out benchmarks/results/minatar_breakout
 
 Runs whose ``run.json`` already exists are skipped unless ``--force``; ``--report-only`` re-reads the
-logs without training. Runs execute one at a time by default (``--jobs`` for more).
+logs without training. Runs execute one at a time by default (``--jobs`` for more). ``--budget`` and
+``--eval-freq`` take one number or ``ENV=STEPS`` per env, so one invocation can cover envs with different
+budgets and give the cross-env rliable aggregate (the combined report of ``docs/results.md``)::
+
+    python benchmarks/sample_efficiency.py --envs CartPole-v1 MinAtar/Breakout-v1 --algos iris ppo dqn \
+        --seeds 0 1 2 --budget CartPole-v1=10000 MinAtar/Breakout-v1=50000 \
+        --eval-freq CartPole-v1=1000 MinAtar/Breakout-v1=5000 --out benchmarks/results/all_envs
 """
 
 from __future__ import annotations
@@ -119,6 +125,7 @@ class Run:
     wall_time: Optional[float] = None
     returncode: Optional[int] = None
     command: list[str] = field(default_factory=list)
+    jobs: Optional[int] = None  # runs in parallel when this one was trained
 
     @property
     def mean_curve(self) -> Optional[np.ndarray]:
@@ -203,7 +210,7 @@ def build_command(run: Run, args: argparse.Namespace, entry_point: list[str]) ->
         "--env", run.env,
         "--seed", str(run.seed),
         "-n", str(run.budget),
-        "--eval-freq", str(args.eval_freq),
+        "--eval-freq", str(args.eval_freq[run.env]),
         "--eval-episodes", str(args.eval_episodes),
         "--n-eval-envs", "1",
         "--num-threads", str(args.num_threads),
@@ -227,6 +234,7 @@ def train(run: Run, args: argparse.Namespace, entry_point: list[str]) -> None:
     """Run one RL Zoo training in a subprocess; writes ``run.json`` (command, wall time, exit code)."""
     run.folder.mkdir(parents=True, exist_ok=True)
     run.command = build_command(run, args, entry_point)
+    run.jobs = args.jobs
     env = dict(os.environ, OMP_NUM_THREADS=str(args.num_threads), MKL_NUM_THREADS=str(args.num_threads))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     print(f"[{time.strftime('%H:%M:%S')}] {run.env} {run.algo} seed {run.seed}: {shlex.join(run.command)}", flush=True)
@@ -242,6 +250,8 @@ def train(run: Run, args: argparse.Namespace, entry_point: list[str]) -> None:
         budget=run.budget,
         wall_time_s=run.wall_time,
         returncode=run.returncode,
+        jobs=args.jobs,
+        num_threads=args.num_threads,
         command=shlex.join(run.command),
         machine=machine_description(),
     )
@@ -257,6 +267,7 @@ def load(run: Run) -> None:
         info = json.loads(info_path.read_text())
         run.wall_time = info.get("wall_time_s")
         run.returncode = info.get("returncode")
+        run.jobs = info.get("jobs")
         run.command = shlex.split(info.get("command", ""))
     candidates = glob.glob(str(run.folder / "**" / "evaluations.npz"), recursive=True)
     if not candidates:
@@ -315,6 +326,23 @@ def machine_description() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, torch {torch.__version__}"
 
 
+def concurrency_description(runs: list[Run]) -> str:
+    """How the runs were made, from their ``run.json`` (``--jobs`` of the invocation that trained them)."""
+    threads = sorted({_flag_value(r.command, "--num-threads") for r in runs if r.command} - {None})
+    jobs = sorted({r.jobs for r in runs if r.jobs is not None})
+    unrecorded = sum(1 for r in runs if r.command and r.jobs is None)
+    parts = [f"`--num-threads {'/'.join(threads)}` per run" if threads else "threads per run not recorded"]
+    if jobs:
+        parts.append("runs in parallel (`--jobs`): " + "/".join(map(str, jobs)))
+    if unrecorded:
+        parts.append(f"{unrecorded} run(s) trained before `--jobs` was recorded")
+    return "; ".join(parts) + "."
+
+
+def _flag_value(command: list[str], flag: str) -> Optional[str]:
+    return command[command.index(flag) + 1] if flag in command[:-1] else None
+
+
 def display_command(command: list[str]) -> str:
     """A run's command as a reader would type it: ``python`` for the interpreter, paths relative to the repo."""
     shown = []
@@ -355,7 +383,7 @@ def summarize(runs: list[Run], envs: list[str], algos: list[str], args: argparse
     for env in envs:
         budget = args.budget[env]
         threshold = args.threshold.get(env)
-        points = report_budgets(budget, args.eval_freq, args.report_at)
+        points = report_budgets(budget, args.eval_freq[env], args.report_at)
         lines += [f"### {env}", ""]
         header = ["algo", "seeds"] + [f"return @ {p // 1000 if p % 1000 == 0 else p / 1000}k" for p in points]
         if threshold is not None:
@@ -558,8 +586,10 @@ def write_outputs(runs: list[Run], args: argparse.Namespace) -> Path:
     text = [
         "# Sample efficiency: " + ", ".join(a.upper() for a in args.algos),
         "",
-        f"Machine: {machine_description()}. One run at a time, `--num-threads {args.num_threads}`.",
-        f"Evaluation: every {args.eval_freq} env steps, {args.eval_episodes} episodes, deterministic, 1 eval env.",
+        f"Machine: {machine_description()}. {concurrency_description(runs)}",
+        "Evaluation: every "
+        + ", ".join(f"{args.eval_freq[env]} env steps ({env})" for env in args.envs)
+        + f", {args.eval_episodes} episodes, deterministic, 1 eval env.",
         f"Seeds: {', '.join(map(str, args.seeds))}. Budgets: "
         + ", ".join(f"{env} {args.budget[env]}" for env in args.envs)
         + ".",
@@ -624,7 +654,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "--out", default="benchmarks/results/sample_efficiency", help="folder for results.md, CSVs, PNGs"
     )
     parser.add_argument("--log-dir", default=None, help="RL Zoo log folders (default: logs/sample_efficiency)")
-    parser.add_argument("--eval-freq", type=int, default=2000)
+    parser.add_argument(
+        "--eval-freq",
+        nargs="+",
+        default=["2000"],
+        help="env steps between evaluations: ENV=STEPS entries, or one number for all envs",
+    )
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument(
         "--report-at",
@@ -667,9 +702,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="only read existing logs and write the report")
     args = parser.parse_args(argv)
     args.budget = _parse_mapping(args.budget, args.envs, "budget", int)
-    missing = [env for env in args.envs if env not in args.budget]
-    if missing:
-        parser.error(f"no --budget for {missing}")
+    args.eval_freq = _parse_mapping(args.eval_freq, args.envs, "eval-freq", int)
+    for name, mapping in (("--budget", args.budget), ("--eval-freq", args.eval_freq)):
+        missing = [env for env in args.envs if env not in mapping]
+        if missing:
+            parser.error(f"no {name} for {missing} (give ENV=STEPS for each env, or one number for all)")
     args.threshold = {
         **{e: t for e, t in DEFAULT_THRESHOLDS.items() if e in args.envs},
         **_parse_mapping(args.threshold, args.envs, "threshold"),

@@ -592,6 +592,28 @@ def test_burn_in_padding_leaves_state_unchanged():
         assert torch.equal(output.state[0][0], start[0][0]) and not torch.equal(output.state[0][1], start[0][1])
 
 
+def test_feedforward_actor_critic_is_a_function_of_the_current_observation():
+    torch.manual_seed(0)
+    model = ActorCritic(
+        ActorCriticConfig(num_actions=3, observation_shape=(4,), mlp_hidden_sizes=(8,), lstm_dim=8, recurrent=False)
+    )
+    assert not hasattr(model, "lstm")
+    observations = torch.randn(2, 5, 4)
+    with torch.no_grad():
+        # Burn-in leaves the state as given, and the outputs do not depend on the state or the history.
+        start = (torch.randn(2, 8), torch.randn(2, 8))
+        burned = model.burn_in(observations, torch.ones(2, 5, dtype=torch.bool), start)
+        assert burned[0] is start[0] and burned[1] is start[1]
+        fresh = model(observations[:, 4], model.initial_state(2))
+        after_history = model(observations[:, 4], start)
+        assert torch.equal(fresh.logits, after_history.logits) and torch.equal(fresh.values, after_history.values)
+        # The plain computation: encoder -> Linear + ReLU -> heads.
+        hidden = torch.relu(model.feedforward[0](model.encoder(observations[:, 4])))
+        assert torch.allclose(fresh.logits, model.actor(hidden), atol=1e-6)
+        assert torch.allclose(fresh.values, model.critic(hidden).squeeze(-1), atol=1e-6)
+        assert after_history.state[0] is start[0]
+
+
 # --------------------------------------------------------------------------------------------------
 # Learning sanity
 # --------------------------------------------------------------------------------------------------

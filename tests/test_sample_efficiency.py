@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -60,6 +61,25 @@ def test_missing_budget_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _args(tmp_path, "--envs", BREAKOUT, "CartPole-v1", "--budget", "CartPole-v1=1000")
     assert "no --budget for ['MinAtar/Breakout-v1']" in capsys.readouterr().err
+
+
+def test_eval_freq_per_env_reaches_each_command(tmp_path):
+    args = _args(
+        tmp_path,
+        *("--envs", BREAKOUT, "CartPole-v1", "--budget", f"{BREAKOUT}=50000", "CartPole-v1=10000"),
+        *("--eval-freq", f"{BREAKOUT}=5000", "CartPole-v1=1000"),
+    )
+    assert args.eval_freq == {BREAKOUT: 5000, "CartPole-v1": 1000}
+    for env, freq in args.eval_freq.items():
+        command = se.build_command(_run(args, env, "iris", 0), args, ENTRY_POINT)
+        assert command[command.index("--eval-freq") + 1] == str(freq)
+    assert _args(tmp_path, "--envs", BREAKOUT, "--budget", "100").eval_freq == {BREAKOUT: 2000}
+
+
+def test_missing_eval_freq_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _args(tmp_path, "--envs", BREAKOUT, "CartPole-v1", "--budget", "1000", "--eval-freq", "CartPole-v1=500")
+    assert "no --eval-freq for ['MinAtar/Breakout-v1']" in capsys.readouterr().err
 
 
 def test_report_budgets():
@@ -126,16 +146,22 @@ FAKE_CURVES = {
 }
 
 
-def _write_fake_run(args, algo: str, seed: int) -> None:
-    folder = args.log_dir / se._env_slug(BREAKOUT) / algo / f"seed{seed}"
-    zoo_folder = folder / algo / "MinAtar-Breakout-v1_1"
+def _write_fake_run(
+    args, algo: str, seed: int, env: str = BREAKOUT, scale: float = 1.0, jobs: Optional[int] = None
+) -> None:
+    """Fake RL Zoo output: 10 evaluations at 1/10, 2/10, ... of the budget, ``FAKE_CURVES * scale``."""
+    folder = args.log_dir / se._env_slug(env) / algo / f"seed{seed}"
+    zoo_folder = folder / algo / f"{env.replace('/', '-')}_1"
     zoo_folder.mkdir(parents=True)
-    timesteps = np.arange(5000, 50001, 5000)
-    means = FAKE_CURVES[algo] + 0.1 * seed
+    budget = args.budget[env]
+    timesteps = np.arange(1, 11) * (budget // 10)
+    means = (FAKE_CURVES[algo] + 0.1 * seed) * scale
     results = means[:, None] + np.array([-0.5, 0.5])[None, :]  # two episodes per evaluation
     np.savez(zoo_folder / "evaluations.npz", timesteps=timesteps, results=results, ep_lengths=np.ones_like(results))
-    info = dict(env=BREAKOUT, algo=algo, seed=seed, budget=50000, wall_time_s=60.0 * (seed + 1), returncode=0)
-    info["command"] = f"python -m rl_zoo3.train --algo {algo} --env {BREAKOUT} --seed {seed}"
+    info = dict(env=env, algo=algo, seed=seed, budget=budget, wall_time_s=60.0 * (seed + 1), returncode=0)
+    info["command"] = f"python -m rl_zoo3.train --algo {algo} --env {env} --seed {seed} --num-threads 1"
+    if jobs is not None:
+        info["jobs"] = jobs
     (folder / "run.json").write_text(json.dumps(info))
 
 
@@ -176,6 +202,36 @@ def test_report_from_fake_evaluations(tmp_path):
     assert summary["dqn"]["reached"] == "0" and summary["iris"]["reached"] == "3"
     copied = json.loads((out / "run_info" / "MinAtar_Breakout-v1" / "dqn" / "seed1.json").read_text())
     assert copied["wall_time_s"] == 120.0
+
+
+def test_cross_env_report_aggregates_both_envs(tmp_path):
+    argv = [
+        *("--envs", BREAKOUT, "CartPole-v1", "--algos", "iris", "ppo", "--seeds", "0", "1"),
+        *("--budget", f"{BREAKOUT}=50000", "CartPole-v1=10000", "--eval-freq", f"{BREAKOUT}=5000", "CartPole-v1=1000"),
+        *("--eval-episodes", "2", "--bootstrap-reps", "50", "--report-only"),
+        *("--log-dir", str(tmp_path / "logs"), "--out", str(tmp_path / "out")),
+    ]
+    args = se.parse_args(argv)
+    for algo in ("iris", "ppo"):
+        for seed in (0, 1):
+            _write_fake_run(args, algo, seed, jobs=2)
+            _write_fake_run(args, algo, seed, env="CartPole-v1", scale=80.0)
+    assert se.main(argv) == 0
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "### CartPole-v1" in report and f"### {BREAKOUT}" in report
+    # Default report points per env on its own evaluation grid: a quarter, half and all of its budget.
+    assert "| algo | seeds | return @ 2k | return @ 5k | return @ 10k |" in report
+    assert "| algo | seeds | return @ 10k | return @ 25k | return @ 50k |" in report
+    assert f"every 5000 env steps ({BREAKOUT}), 1000 env steps (CartPole-v1)" in report
+    # rliable over 2 seeds x 2 envs per algorithm; both normalisations listed.
+    assert "| iris | 2 x 2 |" in report and "| ppo | 2 x 2 |" in report
+    assert "CartPole-v1: random 22" in report and f"{BREAKOUT}: random 0.38" in report
+    # How the runs were made comes from their run.json files, not from this report-only invocation.
+    concurrency = (
+        "`--num-threads 1` per run; runs in parallel (`--jobs`): 2; 4 run(s) trained before `--jobs` was recorded"
+    )
+    assert concurrency in report
+    assert (tmp_path / "out" / "learning_curves_CartPole-v1.png").is_file()
 
 
 def test_missing_runs_and_single_run_are_reported(tmp_path):

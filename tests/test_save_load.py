@@ -226,3 +226,25 @@ def test_load_like_rl_zoo_enjoy(trained):
     expected, _ = model.predict(obs, deterministic=True)
     first, _ = loaded.predict(obs, deterministic=True)
     np.testing.assert_array_equal(first, expected)
+
+
+def test_feedforward_actor_critic_trains_predicts_and_round_trips(tmp_path):
+    """``actor_critic_kwargs=dict(recurrent=False)``: trained in imagination, saved, loaded, same actions."""
+    kwargs = tiny_iris_kwargs(image=False)
+    kwargs["policy_kwargs"]["actor_critic_kwargs"]["recurrent"] = False
+    model = IRIS("MlpPolicy", "CartPole-v1", seed=0, **kwargs)
+    before = {k: v.clone() for k, v in model.policy.actor_critic.state_dict().items()}
+    model.learn(100)
+    after = model.policy.actor_critic.state_dict()
+    assert "feedforward.0.weight" in after and not any(k.startswith("lstm.") for k in after)
+    assert any(not torch.equal(before[k], after[k]) for k in before), "the actor-critic was never updated"
+    observations = observations_for(model)
+    actions, state = model.predict(observations, deterministic=True)
+    # The state is passed through: the same observation gives the same action whatever came before.
+    again, _ = model.predict(observations, state=state, episode_start=np.zeros(5, dtype=bool), deterministic=True)
+    assert np.array_equal(actions, again)
+    model.save(tmp_path / "ff.zip")
+    loaded = IRIS.load(tmp_path / "ff.zip", device="cpu")
+    assert loaded.policy.actor_critic.config.recurrent is False
+    assert_same(loaded.policy.actor_critic.state_dict(), after)
+    assert np.array_equal(loaded.predict(observations, deterministic=True)[0], actions)

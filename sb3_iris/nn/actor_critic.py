@@ -1,5 +1,8 @@
 """The IRIS actor-critic: encoder + LSTMCell + policy and value heads, lambda-returns and the loss.
 
+``recurrent=False`` replaces the LSTMCell by a feed-forward layer (not in IRIS; for tasks whose observations
+are Markov states, where an LSTM trained on short imagined sequences can drift over long real episodes).
+
 The actor-critic sees only tokenizer reconstructions (in the tokenizer's preprocessed space) and is
 trained only in imagination.
 """
@@ -24,7 +27,9 @@ class ActorCriticConfig:
     :param observation_shape: ``(C, H, W)`` for images or ``(D,)`` for vectors
     :param conv_channels: output channels of the conv3x3 + maxpool + ReLU stages (images)
     :param mlp_hidden_sizes: hidden sizes of the MLP encoder (vectors)
-    :param lstm_dim: LSTMCell size
+    :param lstm_dim: LSTMCell size (with ``recurrent=False``: size of the Linear + ReLU layer that replaces it)
+    :param recurrent: True for IRIS's LSTMCell; False for a feed-forward core whose state is passed through
+        unchanged (the state tensors keep their shapes, so callers need not know which core is used)
     """
 
     num_actions: int = 18
@@ -32,6 +37,7 @@ class ActorCriticConfig:
     conv_channels: tuple[int, ...] = (32, 32, 64, 64)
     mlp_hidden_sizes: tuple[int, ...] = (256, 256)
     lstm_dim: int = 512
+    recurrent: bool = True
 
     @property
     def is_image(self) -> bool:
@@ -73,7 +79,7 @@ def _mlp_encoder(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
 
 
 class ActorCritic(nn.Module):
-    """Recurrent actor-critic over reconstructed observations.
+    """Recurrent (or, with ``recurrent=False``, feed-forward) actor-critic over reconstructed observations.
 
     :param config: sizes (see :class:`ActorCriticConfig`)
     """
@@ -94,7 +100,10 @@ class ActorCritic(nn.Module):
         else:
             self.encoder = _mlp_encoder(config.observation_shape[0], config.mlp_hidden_sizes)
             features = config.mlp_hidden_sizes[-1] if config.mlp_hidden_sizes else config.observation_shape[0]
-        self.lstm = nn.LSTMCell(features, config.lstm_dim)
+        if config.recurrent:
+            self.lstm = nn.LSTMCell(features, config.lstm_dim)
+        else:
+            self.feedforward = nn.Sequential(nn.Linear(features, config.lstm_dim), nn.ReLU())
         self.actor = nn.Linear(config.lstm_dim, config.num_actions)
         self.critic = nn.Linear(config.lstm_dim, 1)
 
@@ -114,6 +123,9 @@ class ActorCritic(nn.Module):
         :param mask: optional ``(B,)`` bool; where False the state is left unchanged (padded steps)
         """
         features = self.encoder(observations)
+        if not self.config.recurrent:
+            hidden = self.feedforward(features)
+            return ActorCriticOutput(self.actor(hidden), self.critic(hidden).squeeze(-1), state)
         hx, cx = self.lstm(features, state)
         if mask is not None:
             keep = mask.unsqueeze(-1)
@@ -132,6 +144,8 @@ class ActorCritic(nn.Module):
         """
         if state is None:
             state = self.initial_state(observations.shape[0], observations.device)
+        if not self.config.recurrent:
+            return state
         for t in range(observations.shape[1]):
             if mask_padding[:, t].any():
                 state = self(observations[:, t], state, mask_padding[:, t]).state
