@@ -42,7 +42,7 @@ def cartpole_kwargs_from_yml() -> dict:
 
 CI_KWARGS = cartpole_kwargs_from_yml()
 RANDOM_POLICY_RETURN = 22.0
-CI_MIN_RETURN = 60.0  # measured 112.7 on the development machine (seed 0, 1 thread, 150 s); random is about 22
+CI_MIN_RETURN = 100.0  # measured 500.0 on the development machine (seed 0, 1 thread); random is about 22
 
 
 def test_iris_learns_cartpole():
