@@ -592,6 +592,11 @@ def test_burn_in_padding_leaves_state_unchanged():
         assert torch.equal(output.state[0][0], start[0][0]) and not torch.equal(output.state[0][1], start[0][1])
 
 
+def test_actor_critic_recurrent_must_be_a_bool():
+    with pytest.raises(ValueError, match=r"recurrent='no' must be True \(LSTMCell, IRIS\) or False"):
+        ActorCritic(ActorCriticConfig(num_actions=2, observation_shape=(4,), recurrent="no"))
+
+
 def test_feedforward_actor_critic_is_a_function_of_the_current_observation():
     torch.manual_seed(0)
     model = ActorCritic(

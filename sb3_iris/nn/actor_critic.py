@@ -87,6 +87,11 @@ class ActorCritic(nn.Module):
     def __init__(self, config: ActorCriticConfig) -> None:
         super().__init__()
         self.config = config
+        if not isinstance(config.recurrent, bool):
+            raise ValueError(
+                f"actor_critic_kwargs recurrent={config.recurrent!r} must be True (LSTMCell, IRIS) or False "
+                "(feed-forward)"
+            )
         if config.is_image:
             c, h, w = config.observation_shape
             downscale = 2 ** len(config.conv_channels)
