@@ -34,11 +34,11 @@ reads the ``evaluations.npz`` files RL Zoo writes and produces, in ``--out``:
 
 Model files and logs stay in ``--log-dir`` (default ``logs/sample_efficiency``), outside ``--out``.
 
-Examples (the CartPole comparison of ``docs/results.md``; the MinAtar Breakout comparison of
-``benchmarks/results/minatar_breakout``)::
+Examples (the CartPole comparison of ``docs/results.md``, whose PPO and DQN runs used longer budgets to find
+their steps to 475; the MinAtar Breakout comparison of ``benchmarks/results/minatar_breakout``)::
 
     python benchmarks/sample_efficiency.py --envs CartPole-v1 --algos iris ppo dqn --seeds 0 1 2 \\
-        --budget CartPole-v1=10000 --out benchmarks/results/cartpole
+        --budget CartPole-v1=10000 --eval-freq 1000 --out benchmarks/results/cartpole
     python benchmarks/sample_efficiency.py --envs MinAtar/Breakout-v1 --algos iris ppo dqn --seeds 0 1 2 \\
         --budget 50000 --eval-freq 5000 --report-at 10000 25000 50000 --out benchmarks/results/minatar_breakout
 
