@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -90,7 +91,15 @@ def main() -> None:
     eval_env = VecTransposeImage(eval_env)  # as the model wraps its training env (and RL Zoo its eval env)
     model = IRIS("CnnPolicy", env, seed=args.seed, device="cpu", **pilot_kwargs())
     freeze = FreezeTokenizer(args.freeze_after_epochs)
-    evaluation = EvalCallback(eval_env, eval_freq=5000 // 4, n_eval_episodes=10, deterministic=True, verbose=0)
+    # EvalCallback keeps its evaluation history only when it has a log_path.
+    evaluation = EvalCallback(
+        eval_env,
+        eval_freq=5000 // 4,
+        n_eval_episodes=10,
+        deterministic=True,
+        log_path=tempfile.mkdtemp(prefix="frozen_tokenizer_probe_"),
+        verbose=0,
+    )
     # log_interval=0: no dumps, so the logger keeps the last epoch's values for FreezeTokenizer to read.
     model.learn(args.steps, callback=[freeze, evaluation], log_interval=0)
     print(
