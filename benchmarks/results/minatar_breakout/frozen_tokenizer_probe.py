@@ -16,6 +16,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
@@ -107,7 +108,7 @@ def main() -> None:
             dict(
                 freeze_after_epochs=args.freeze_after_epochs,
                 evaluations=[
-                    dict(timesteps=int(t), mean_return=float(r.mean()))
+                    dict(timesteps=int(t), mean_return=float(np.mean(r)))
                     for t, r in zip(evaluation.evaluations_timesteps, evaluation.evaluations_results)
                 ],
                 epochs=freeze.epochs,
