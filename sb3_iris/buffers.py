@@ -410,15 +410,17 @@ class EpisodeReplayBuffer:
 
     def sample_segments(self, batch_size: int, sequence_length: int, padding: str = "both") -> SegmentBatch:
         """
-        Sample segments of consecutive steps inside episodes, as the IRIS reference does: an episode
-        uniformly, then a time ``t`` uniformly inside it, then a segment around ``t`` that is padded
-        (zeros, ``mask_padding`` False) where it runs past the episode's edges.
+        Sample segments of consecutive steps inside episodes: an episode uniformly, then a time ``t``
+        uniformly inside it, then a segment at ``t`` that is padded (zeros, ``mask_padding`` False) where it
+        runs past the episode's edges. The IRIS reference samples world-model segments with ``"right"``
+        (they start at ``t``: padding only after the real steps, so position 0 is always a real frame, as in
+        imagination) and burn-in contexts with ``"left"``.
 
         :param batch_size: number of segments
         :param sequence_length: steps per segment
-        :param padding: ``"both"``: with probability 0.5 the segment starts at ``t`` (right-padded),
-            else it ends at ``t`` (left-padded); ``"left"``: it always ends at ``t``, so its last step
-            is always real (burn-in contexts); ``"right"``: it always starts at ``t``
+        :param padding: ``"right"``: the segment starts at ``t`` (world-model segments); ``"left"``: it
+            ends at ``t``, so its last step is always real (burn-in contexts); ``"both"``: each of the two
+            with probability 0.5 (not used by IRIS)
         :return: the batch of segments
         """
         if padding not in PADDINGS:

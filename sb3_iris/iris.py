@@ -499,7 +499,7 @@ class IRIS(BaseAlgorithm):
         totals = {"total": [], "observations": [], "rewards": [], "ends": []}
         for update in range(self.world_model_updates_per_epoch):
             self._report_progress(update, self.world_model_updates_per_epoch)
-            batch = self.replay_buffer.sample_segments(self.world_model_batch_size, self.sequence_length, "both")
+            batch = self.replay_buffer.sample_segments(self.world_model_batch_size, self.sequence_length, "right")
             obs_tokens = self.segment_tokens(
                 batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding
             )

@@ -332,8 +332,10 @@ def test_context_reconstructions_cached_equal_decoded():
     second = model.context_reconstructions(*args)  # from the cache
     model.reconstruction_cache_gb = 0.0
     plain = model.context_reconstructions(*args)
-    torch.testing.assert_close(first, plain, rtol=0, atol=1e-6)
-    torch.testing.assert_close(second, plain, rtol=0, atol=1e-6)
+    # The cache returns exactly what it stored; decoding a batch of another size rounds differently (the
+    # convolution kernels a CPU picks depend on the batch shape): float tolerance against the plain path.
+    assert torch.equal(second, first)
+    torch.testing.assert_close(first, plain, rtol=1e-5, atol=1e-5)
 
 
 def test_one_token_pass_equals_cached_pass():

@@ -136,9 +136,17 @@ class Tokenizer(nn.Module):
         """
         return self.quantizer(self.encode_continuous(x))
 
+    def to_valid_range(self, x: torch.Tensor) -> torch.Tensor:
+        """Clamp decoder outputs to the range of preprocessed observations (identity where it has none)."""
+        return x
+
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Decode tokens ``(B, K)`` to preprocessed observations."""
-        return self.decode(self.quantizer.embed(tokens))
+        """Decode tokens ``(B, K)`` to preprocessed observations, clamped to their valid range.
+
+        This is what the actor-critic sees (in imagination, at burn-in and when acting); the IRIS reference
+        clamps every such frame too. The training loss uses the raw :meth:`decode`.
+        """
+        return self.to_valid_range(self.decode(self.quantizer.embed(tokens)))
 
     @torch.no_grad()
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
@@ -418,6 +426,10 @@ class ConvTokenizer(Tokenizer):
     def preprocess(self, observations: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, C, H, W)`` in [0, 255] -> float in [-1, 1]."""
         return observations.float().div(127.5).sub(1.0)
+
+    def to_valid_range(self, x: torch.Tensor) -> torch.Tensor:
+        """Clamp decoded images to [-1, 1], the range of preprocessed frames."""
+        return x.clamp(-1.0, 1.0)
 
     @staticmethod
     def to_uint8(x: torch.Tensor) -> torch.Tensor:
