@@ -45,7 +45,7 @@ class _ActorInputRecorder:
 def _assert_in_range(ranges: list[tuple[float, float]], where: str) -> None:
     assert ranges, f"the actor-critic saw no frames {where}"
     low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
-    assert -1.0 <= low and high <= 1.0, f"{where}: the actor-critic saw values in [{low}, {high}], outside [-1, 1]"
+    assert low >= -1.0 and high <= 1.0, f"{where}: the actor-critic saw values in [{low}, {high}], outside [-1, 1]"
 
 
 def test_decoder_outputs_outside_the_pixel_range_without_the_clamp():
