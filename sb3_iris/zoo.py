@@ -35,6 +35,15 @@ What gets patched (each patch is guarded: a future rl_zoo3 that no longer fits g
 
   Wrapper arguments given explicitly in the yml (e.g. ``noop_max``) are kept; those left unset
   take the evaluation reference values. Training envs are not changed.
+- Resuming ``--algo iris`` runs (``ExperimentManager.create_callbacks``, ``_load_pretrained_agent``, ``learn``):
+
+  * ``--save-freq N --save-replay-buffer``: each checkpoint ``rl_model_<steps>_steps.zip`` gets its replay
+    buffer ``rl_model_replay_buffer_<steps>_steps.pkl`` (RL Zoo alone saves the replay only at the end);
+  * ``-i <folder>/rl_model_<steps>_steps.zip`` loads that checkpoint's replay buffer when it is there (RL Zoo
+    alone looks for ``<folder>/replay_buffer.pkl``, the replay at the end of that run);
+  * ``-i`` continues the step counter (``learn(..., reset_num_timesteps=False)``): ``-n`` is still the number
+    of steps to add, as in RL Zoo, but checkpoints, evaluations and logs count from the loaded model's
+    ``num_timesteps`` instead of from 0, so ``-i rl_model_40000_steps.zip -n 60000`` ends at 100 000 steps.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALGO_NAME",
     "DEFAULT_CONFIG",
+    "checkpoint_replay_buffer_path",
     "convert_iris_params",
     "eval_env_wrapper_spec",
     "main",
@@ -310,12 +320,96 @@ def _patch_eval_envs(manager_class: Any) -> bool:
         return False
 
 
+def checkpoint_replay_buffer_path(checkpoint: str) -> Optional[str]:
+    """The replay buffer that ``CheckpointCallback`` saved with a model checkpoint, if it exists.
+
+    ``<folder>/<prefix>_<steps>_steps.zip`` -> ``<folder>/<prefix>_replay_buffer_<steps>_steps.pkl``.
+
+    :param checkpoint: path of a model checkpoint
+    :return: the path of its replay buffer, or None if the name is not a checkpoint's or the file is missing
+    """
+    import re
+
+    match = re.fullmatch(r"(?P<prefix>.+)_(?P<steps>\d+)_steps\.zip", os.path.basename(checkpoint))
+    if match is None:
+        return None
+    name = f"{match.group('prefix')}_replay_buffer_{match.group('steps')}_steps.pkl"
+    path = os.path.join(os.path.dirname(checkpoint), name)
+    return path if os.path.isfile(path) else None
+
+
+class _ContinuingModel:
+    """What ``ExperimentManager.learn`` gets for a continued run: ``learn()`` keeps the step counter; everything
+    else is the model's (a proxy, so that the model itself is not changed and saves as usual)."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def learn(self, *args: Any, **kwargs: Any) -> Any:
+        return self._model.learn(*args, reset_num_timesteps=False, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def _patch_resume(manager_class: Any) -> bool:
+    """``--algo iris``: checkpoints with their replay buffer, ``-i`` from them, and a continued step counter."""
+    try:
+        from stable_baselines3.common.callbacks import CheckpointCallback
+
+        original_callbacks = manager_class.create_callbacks
+        original_load = manager_class._load_pretrained_agent
+        original_learn = manager_class.learn
+        if getattr(original_learn, _PATCHED_MARKER, False):
+            return True
+
+        @functools.wraps(original_callbacks)
+        def create_callbacks(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original_callbacks(self, *args, **kwargs)
+            if self.algo == ALGO_NAME and self.save_replay_buffer:
+                for callback in self.callbacks:
+                    if isinstance(callback, CheckpointCallback):
+                        callback.save_replay_buffer = True
+            return result
+
+        @functools.wraps(original_load)
+        def _load_pretrained_agent(self: Any, *args: Any, **kwargs: Any) -> Any:
+            model = original_load(self, *args, **kwargs)
+            replay_path = checkpoint_replay_buffer_path(self.trained_agent) if self.algo == ALGO_NAME else None
+            if replay_path is not None:
+                print(f"Loading replay buffer of the checkpoint: {replay_path}")
+                model.load_replay_buffer(replay_path)
+            return model
+
+        @functools.wraps(original_learn)
+        def learn(self: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.algo != ALGO_NAME or not self.continue_training:
+                return original_learn(self, model, *args, **kwargs)
+            print(f"Continuing the step counter from {model.num_timesteps} (sb3-iris)")
+            return original_learn(self, _ContinuingModel(model), *args, **kwargs)
+
+        for function in (create_callbacks, _load_pretrained_agent, learn):
+            setattr(function, _PATCHED_MARKER, True)
+        manager_class.create_callbacks = create_callbacks
+        manager_class._load_pretrained_agent = _load_pretrained_agent
+        manager_class.learn = learn
+        return True
+    except Exception as exc:
+        _warn(
+            f"could not patch ExperimentManager for resuming ({exc!r}): checkpoints will not hold the replay buffer "
+            "and -i restarts the step counter at 0"
+        )
+        return False
+
+
 def patch_exp_manager(module: Any) -> bool:
-    """Make the packaged ``iris.yml`` the default config of ``--algo iris``, and give evaluation envs
-    the IRIS Atari evaluation settings (see :func:`eval_env_wrapper_spec`). Returns True if both applied."""
+    """Make the packaged ``iris.yml`` the default config of ``--algo iris``, give evaluation envs the IRIS Atari
+    evaluation settings (see :func:`eval_env_wrapper_spec`), and make ``--algo iris`` runs resumable from their
+    checkpoints (see the module docstring). Returns True if all applied."""
     manager_class = getattr(module, "ExperimentManager", None)
     eval_ok = _patch_eval_envs(manager_class) if manager_class is not None else False
-    return _patch_default_config(module) and eval_ok
+    resume_ok = _patch_resume(manager_class) if manager_class is not None else False
+    return _patch_default_config(module) and eval_ok and resume_ok
 
 
 def _patch_default_config(module: Any) -> bool:
