@@ -110,6 +110,9 @@ class EpisodeReplayBuffer:
     """
 
     growth_factor = 1.5
+    #: The ``Discrete`` action space of the stored actions, recorded by ``IRIS.save_replay_buffer`` so that a
+    #: load into a model with another action space is refused (None: unknown, e.g. a file of an older version).
+    action_space: Optional[spaces.Discrete] = None
 
     def __init__(
         self,
@@ -583,3 +586,66 @@ class EpisodeReplayBuffer:
         for name in ("_observations", "_actions", "_rewards", "_terminations", "_truncations"):
             # Sliced views were pickled as copies; make sure the arrays own contiguous memory.
             setattr(self, name, np.ascontiguousarray(getattr(self, name)))
+
+    def check_integrity(self, n_actions: Optional[int] = None) -> None:
+        """
+        Raise ``ValueError`` if the state is not one that ``add`` and eviction can produce (e.g. a replay
+        file that was edited, damaged, or written by an incompatible version).
+
+        :param n_actions: when given, every stored action must be in ``[0, n_actions)``
+        """
+        problems = []
+        capacity = self._capacity
+        expected = {
+            "_observations": ((self.n_envs, capacity, *self.obs_shape), self._obs_dtype),
+            "_actions": ((self.n_envs, capacity), np.dtype(np.int64)),
+            "_rewards": ((self.n_envs, capacity), np.dtype(np.float32)),
+            "_terminations": ((self.n_envs, capacity), np.dtype(bool)),
+            "_truncations": ((self.n_envs, capacity), np.dtype(bool)),
+        }
+        if self._obs_dtype != _storage_dtype(self.observation_space):
+            problems.append(f"observations stored as {self._obs_dtype} for {self.observation_space}")
+        for name, (shape, dtype) in expected.items():
+            array = getattr(self, name)
+            if not isinstance(array, np.ndarray) or array.shape != shape or array.dtype != dtype:
+                found = f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__
+                problems.append(f"{name[1:]} are {found}, expected {dtype} {shape}")
+        if not (0 <= self._offset <= self._end and self.size() <= capacity and 0 <= self._head < max(capacity, 1)):
+            problems.append(
+                f"time range [{self._offset}, {self._end}) and ring head {self._head} do not fit capacity {capacity}"
+            )
+        if problems:
+            raise ValueError("inconsistent replay buffer: " + "; ".join(problems))
+        problems += self._episode_problems()
+        positions = self._positions(np.arange(self._offset, self._end))
+        actions = self._actions[:, positions]
+        if actions.size and (actions.min() < 0 or (n_actions is not None and actions.max() >= n_actions)):
+            problems.append(
+                f"stored actions range over [{actions.min()}, {actions.max()}], but the action space has "
+                f"n={n_actions} actions (valid: [0, {n_actions}))"
+            )
+        if not np.isfinite(self._rewards[:, positions]).all():
+            problems.append("stored rewards contain NaN or inf")
+        if self._obs_dtype.kind == "f" and not np.isfinite(self._observations[:, positions]).all():
+            problems.append("stored observations contain NaN or inf")
+        if problems:
+            raise ValueError("inconsistent replay buffer: " + "; ".join(problems))
+
+    def _episode_problems(self) -> list:
+        """What is wrong with the episode table and the ongoing episodes' starts (see :meth:`check_integrity`)."""
+        episodes = self._episodes
+        if not isinstance(episodes, np.ndarray) or episodes.ndim != 2 or episodes.shape[1] != 3:
+            return ["the episode table is not an (n, 3) array"]
+        if not 0 <= self._episodes_head <= self._episodes_count <= len(episodes):
+            return [f"episode rows [{self._episodes_head}, {self._episodes_count}) exceed the table ({len(episodes)})"]
+        live = episodes[self._episodes_head : self._episodes_count]
+        envs, starts, ends = live[:, 0], live[:, 1], live[:, 2]
+        problems = []
+        if ((envs < 0) | (envs >= self.n_envs) | (starts < 0) | (starts >= ends) | (ends > self._end)).any():
+            problems.append(f"episodes outside envs [0, {self.n_envs}) or times [0, {self._end}], or empty")
+        if (np.diff(ends) < 0).any():
+            problems.append("episodes are not in order of their end")
+        ongoing = np.asarray(self._ongoing_starts)
+        if ongoing.shape != (self.n_envs,) or (ongoing < 0).any() or (ongoing > self._end).any():
+            problems.append(f"ongoing episode starts {ongoing} do not fit {self.n_envs} envs and end {self._end}")
+        return problems

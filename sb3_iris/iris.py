@@ -15,6 +15,7 @@ import sys
 import time
 import warnings
 import zipfile
+from collections.abc import Iterable
 from typing import Any, ClassVar, Optional, TypeVar, Union
 
 import numpy as np
@@ -22,17 +23,30 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_iris.buffers import EpisodeReplayBuffer
 from sb3_iris.caches import ReconstructionCache
+from sb3_iris.checkpoint import atomic_write, capture_rng_states, check_state_dict_shapes, restore_rng_states
+from sb3_iris.defaults import PRESET_HYPERPARAMETERS, merge_policy_kwargs, resolve_preset
 from sb3_iris.imagination import OneTokenStepper, imagine_rollouts, reconstruct_context
 from sb3_iris.nn.actor_critic import LSTMState, actor_critic_loss, compute_lambda_returns
 from sb3_iris.nn.tokenizer import codebook_usage
 from sb3_iris.performance import PerformanceOptions, apply_process_options, autocast_context, configure_modules
 from sb3_iris.policies import CnnPolicy, IrisPolicy, MlpPolicy
+from sb3_iris.progress import TrainingProgress, network_summary, schedule_line
+from sb3_iris.schedule import PARTS, check_final_training_epochs, final_epochs, plan_epochs, unreachable_message
+from sb3_iris.validation import (
+    check_env_step,
+    check_integer,
+    check_policy_kwargs,
+    check_real,
+    check_total_timesteps,
+    is_integer,
+)
 
 SelfIRIS = TypeVar("SelfIRIS", bound="IRIS")
 
@@ -70,6 +84,9 @@ class IRIS(BaseAlgorithm):
     :param tokenizer_start_after_epochs: the tokenizer trains from epoch ``this + 1`` (5)
     :param world_model_start_after_epochs: the world model trains from epoch ``this + 1`` (25)
     :param actor_critic_start_after_epochs: the actor-critic trains from epoch ``this + 1`` (50)
+    :param tokenizer_stop_after_epochs: the tokenizer trains no more after epoch ``this``: its tokens then stay fixed
+        under the world model, and the per-epoch token and reconstruction caches stay valid across epochs (None:
+        it trains in every epoch, as in IRIS; not in IRIS)
     :param sequence_length: steps per world-model segment; must not exceed the world model's ``max_blocks`` (20)
     :param imagination_horizon: imagined steps per trajectory H (20)
     :param burn_in: real frames fed to the actor's LSTM before imagining, and re-fed at each collection start (20)
@@ -121,29 +138,30 @@ class IRIS(BaseAlgorithm):
         self,
         policy: Union[str, type[IrisPolicy]],
         env: Union[GymEnv, str, None],
-        learning_rate: Union[float, Schedule] = 1e-4,
+        learning_rate: Union[float, Schedule, None] = None,
         n_steps_per_epoch: int = 200,
         tokenizer_updates_per_epoch: int = 200,
-        world_model_updates_per_epoch: int = 200,
-        actor_critic_updates_per_epoch: int = 200,
+        world_model_updates_per_epoch: Optional[int] = None,
+        actor_critic_updates_per_epoch: Optional[int] = None,
         tokenizer_batch_size: int = 256,
-        world_model_batch_size: int = 64,
+        world_model_batch_size: Optional[int] = None,
         actor_critic_batch_size: int = 64,
-        tokenizer_start_after_epochs: int = 5,
-        world_model_start_after_epochs: int = 25,
-        actor_critic_start_after_epochs: int = 50,
-        sequence_length: int = 20,
-        imagination_horizon: int = 20,
-        burn_in: int = 20,
-        gamma: float = 0.995,
+        tokenizer_start_after_epochs: Optional[int] = None,
+        world_model_start_after_epochs: Optional[int] = None,
+        actor_critic_start_after_epochs: Optional[int] = None,
+        tokenizer_stop_after_epochs: Optional[int] = None,
+        sequence_length: Optional[int] = None,
+        imagination_horizon: Optional[int] = None,
+        burn_in: Optional[int] = None,
+        gamma: Optional[float] = None,
         gae_lambda: float = 0.95,
-        ent_coef: float = 0.001,
+        ent_coef: Optional[float] = None,
         normalize_advantage: bool = False,
         max_grad_norm: float = 10.0,
         collect_epsilon: float = 0.01,
         collect_temperature: float = 1.0,
         imagination_temperature: float = 1.0,
-        final_training_epochs: int = 100,
+        final_training_epochs: Union[int, float, None] = None,
         buffer_size: Optional[int] = None,
         replay_memory_budget_gb: Optional[float] = None,
         use_token_cache: bool = True,
@@ -160,6 +178,7 @@ class IRIS(BaseAlgorithm):
         verbose: int = 0,
         seed: Optional[int] = None,
         device: Union[torch.device, str] = "auto",
+        preset: Optional[str] = None,
         _init_setup_model: bool = True,
     ) -> None:
         if env is not None and not isinstance(env, str):
@@ -190,6 +209,7 @@ class IRIS(BaseAlgorithm):
         self.tokenizer_start_after_epochs = tokenizer_start_after_epochs
         self.world_model_start_after_epochs = world_model_start_after_epochs
         self.actor_critic_start_after_epochs = actor_critic_start_after_epochs
+        self.tokenizer_stop_after_epochs = tokenizer_stop_after_epochs
         self.sequence_length = sequence_length
         self.imagination_horizon = imagination_horizon
         self.burn_in = burn_in
@@ -216,6 +236,7 @@ class IRIS(BaseAlgorithm):
         self.last_phase_seconds: dict[str, float] = {}
         self.last_collection_seconds = 0.0
         self._collection_state: Optional[LSTMState] = None
+        self._apply_preset(preset)
         self._validate_hyperparameters()
         if _init_setup_model:
             self._setup_model()
@@ -224,7 +245,19 @@ class IRIS(BaseAlgorithm):
     # Setup
     # ----------------------------------------------------------------------------------------------
 
+    def _apply_preset(self, preset: Optional[str]) -> None:
+        """Fill the arguments left at None, and the network sizes, from the preset (see :mod:`sb3_iris.defaults`)."""
+        self.preset = resolve_preset(preset, self.policy_class)
+        for name, value in PRESET_HYPERPARAMETERS[self.preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        self.policy_kwargs = merge_policy_kwargs(self.preset, self.policy_kwargs)
+
     def _validate_hyperparameters(self) -> None:
+        """Refuse impossible values before any work, naming the argument, the value and what is valid.
+
+        Also non-finite numbers (NaN fails every comparison) and values of the wrong type (``gamma=None``).
+        """
         positive = (
             "n_steps_per_epoch",
             "tokenizer_batch_size",
@@ -234,35 +267,37 @@ class IRIS(BaseAlgorithm):
             "imagination_horizon",
         )
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+            check_integer(name, getattr(self, name), 1)
         non_negative = (
+            # 0 updates per epoch freezes that part (its phase is skipped).
             "tokenizer_updates_per_epoch",
             "world_model_updates_per_epoch",
             "actor_critic_updates_per_epoch",
+            "tokenizer_start_after_epochs",
+            "world_model_start_after_epochs",
+            "actor_critic_start_after_epochs",
             "burn_in",
-            "final_training_epochs",
         )
         for name in non_negative:
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"{name}={value!r} must be an integer >= 0")
+            check_integer(name, getattr(self, name), 0)
+        check_final_training_epochs(self.final_training_epochs)
+        if self.tokenizer_stop_after_epochs is not None:
+            check_integer("tokenizer_stop_after_epochs", self.tokenizer_stop_after_epochs, 0)
         if self.imagination_horizon < 2:
             raise ValueError(f"imagination_horizon={self.imagination_horizon} must be >= 2 (the loss uses H - 1 steps)")
         for name in ("gamma", "gae_lambda", "collect_epsilon"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}={value} must be in [0, 1]")
+            check_real(name, getattr(self, name), 0.0, 1.0)
         for name in ("collect_temperature", "imagination_temperature", "max_grad_norm"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be > 0")
-        if self.buffer_size is not None and self.buffer_size < 1:
-            raise ValueError(f"buffer_size={self.buffer_size} must be >= 1 or None")
-        if self.reconstruction_cache_gb < 0:
-            raise ValueError(f"reconstruction_cache_gb={self.reconstruction_cache_gb} must be >= 0")
-        if self.replay_memory_budget_gb is not None and self.replay_memory_budget_gb <= 0:
-            raise ValueError(f"replay_memory_budget_gb={self.replay_memory_budget_gb} must be > 0 or None")
+            check_real(name, getattr(self, name), low=0.0, low_inclusive=False)
+        check_real("ent_coef", self.ent_coef, low=0.0)
+        if not callable(self.learning_rate):
+            check_real("learning_rate", self.learning_rate, low=0.0, low_inclusive=False)
+        if self.buffer_size is not None and (not is_integer(self.buffer_size) or self.buffer_size < 1):
+            raise ValueError(f"buffer_size={self.buffer_size!r} must be >= 1 (an integer) or None")
+        check_real("reconstruction_cache_gb", self.reconstruction_cache_gb, low=0.0)
+        if self.replay_memory_budget_gb is not None:
+            check_real("replay_memory_budget_gb", self.replay_memory_budget_gb, low=0.0, low_inclusive=False)
+        check_policy_kwargs(self.policy_kwargs)
 
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
@@ -287,6 +322,11 @@ class IRIS(BaseAlgorithm):
         self.policy = self.policy.to(self.device)
         configure_modules(self.performance, self.device, self.policy.tokenizer, self.policy.actor_critic)
         self.policy.make_optimizers(self.lr_schedule, fused=bool(self.performance.fused_optimizers))
+        if self.policy.world_model.config.parallel_observations and self.performance.compile_imagination:
+            raise ValueError(
+                "compile_imagination=True cannot be combined with world_model_kwargs parallel_observations=True "
+                "(the compiled pass generates one token at a time); set one of them to False"
+            )
         max_blocks = self.policy.world_model.config.max_blocks
         if self.sequence_length > max_blocks:
             raise ValueError(
@@ -339,6 +379,57 @@ class IRIS(BaseAlgorithm):
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return list(STATE_DICT_NAMES), []
 
+    def save(
+        self,
+        path: Union[str, pathlib.Path, io.BufferedIOBase],
+        exclude: Optional[Iterable[str]] = None,
+        include: Optional[Iterable[str]] = None,
+    ) -> None:
+        """Save the model (see ``BaseAlgorithm.save``), atomically, with the random-number streams of the run.
+
+        A path is written through a temporary file in the same folder that replaces the target only once it
+        is complete: a save that fails halfway leaves the previous file as it was. The states of torch's,
+        NumPy's and Python's generators are saved too, and :meth:`load` restores them, so that
+        ``save`` -> ``load`` -> ``learn(..., reset_num_timesteps=False)`` continues the same random streams.
+
+        :param path: file (``.zip`` added when the name has no suffix) or writable file-like object
+        :param exclude: attributes not to save, in addition to the default ones
+        :param include: attributes to save although excluded by default
+        """
+        save = super().save
+        self._rng_states = capture_rng_states()
+        try:
+            if isinstance(path, (str, os.PathLike)):
+                atomic_write(path, "zip", lambda temporary: save(temporary, exclude, include))
+            else:
+                save(path, exclude, include)
+        finally:
+            del self._rng_states
+
+    def set_parameters(
+        self,
+        load_path_or_dict: Union[str, pathlib.Path, io.BufferedIOBase, dict[str, Any]],
+        exact_match: bool = True,
+        device: Union[torch.device, str] = "auto",
+    ) -> None:
+        """Load parameters and optimiser states (see ``BaseAlgorithm.set_parameters``), all or nothing.
+
+        Every tensor's shape (and, with ``exact_match``, every name) is checked before anything is loaded: a
+        file of another architecture raises a ``ValueError`` listing the differences and changes nothing.
+
+        :param load_path_or_dict: a model file, or a dict of state dicts by name (``get_parameters()``)
+        :param exact_match: also refuse missing or unexpected state dicts and tensors
+        :param device: where to load the tensors of a file
+        """
+        if isinstance(load_path_or_dict, dict):
+            params = load_path_or_dict
+        else:
+            _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
+        objects = {name: getattr(self.policy, name.split(".", 1)[1], None) for name in STATE_DICT_NAMES[1:]}
+        objects["policy"] = self.policy
+        check_state_dict_shapes(objects, params, list(STATE_DICT_NAMES), exact_match)
+        super().set_parameters(params, exact_match=exact_match, device=device)
+
     @classmethod
     def load(  # type: ignore[override]
         cls: type[SelfIRIS],
@@ -353,11 +444,15 @@ class IRIS(BaseAlgorithm):
         """Load a model saved with :meth:`save` (see ``BaseAlgorithm.load``).
 
         A file that is not a zip archive, is truncated or corrupted, or lacks the IRIS parts raises a
-        ``ValueError`` that names the file and the problem.
+        ``ValueError`` that names the file and the problem. The random-number streams (torch, NumPy, Python)
+        continue from their state at :meth:`save`, also when ``seed`` is given (it only sets ``model.seed``);
+        call ``model.set_random_seed(seed)`` afterwards to restart them instead. With ``env`` and
+        ``force_reset=False``, a live env in the same process continues its episodes too (see the README's
+        Reliability section).
         """
         _check_model_archive(path)
         try:
-            return super().load(
+            model = super().load(
                 path,
                 env=env,
                 device=device,
@@ -377,6 +472,11 @@ class IRIS(BaseAlgorithm):
             UnicodeDecodeError,
         ) as e:
             raise ValueError(f"could not load IRIS model from {path}: {type(e).__name__}: {e}") from e
+        # BaseAlgorithm.load re-seeded the generators from `seed`; continue the saved streams instead.
+        rng_states = model.__dict__.pop("_rng_states", None)
+        if rng_states is not None:
+            restore_rng_states(rng_states)
+        return model
 
     # ----------------------------------------------------------------------------------------------
     # Data: tokens of replay observations
@@ -629,6 +729,11 @@ class IRIS(BaseAlgorithm):
             "train/imagined_reward_sum": float(np.mean(imagined_rewards)),
         }
 
+    def _tokenizer_stopped(self, epoch: int) -> bool:
+        """True once the tokenizer's training is over (``tokenizer_stop_after_epochs``)."""
+        stop = self.tokenizer_stop_after_epochs
+        return stop is not None and epoch > stop
+
     def train(self) -> None:
         """One epoch of training: tokenizer, then world model, then actor-critic (each after its warm-up)."""
         if self.replay_buffer.n_steps == 0:
@@ -643,19 +748,23 @@ class IRIS(BaseAlgorithm):
             ("actor_critic", self.actor_critic_start_after_epochs, self._train_actor_critic),
         )
         for name, start_after, train_phase in phases:
-            if epoch <= start_after:
+            if epoch <= start_after or (name == "tokenizer" and self._tokenizer_stopped(epoch)):
                 continue
+            if getattr(self, f"{name}_updates_per_epoch") == 0:
+                continue  # a part frozen with 0 updates per epoch: no phase, no (NaN) losses logged
             if self.verbose >= 2:
                 print(f"IRIS epoch {epoch}: training {name}", file=sys.stderr)
             start = time.perf_counter()
             self._phase_progress = (name, start, start)
-            metrics.update(train_phase())
+            try:
+                metrics.update(train_phase())
+            finally:
+                if name == "tokenizer":
+                    # Tokens cached with the previous tokenizer are stale now (also after an interrupted phase).
+                    self.replay_buffer.invalidate_token_cache()
+                    self._reconstruction_cache.clear()
+                    self._epoch_padding_tokens = None
             phase_times[name] = time.perf_counter() - start
-            if name == "tokenizer":
-                # Tokens cached with the previous tokenizer are stale now.
-                self.replay_buffer.invalidate_token_cache()
-                self._reconstruction_cache.clear()
-                self._epoch_padding_tokens = None
         for key, value in metrics.items():
             self.logger.record(key, value)
         self.last_phase_seconds = phase_times
@@ -718,25 +827,43 @@ class IRIS(BaseAlgorithm):
         callback.on_rollout_start()
         for _ in range(n_vec_steps):
             actions = self._sample_collection_actions(self._last_episode_starts)
-            new_obs, rewards, dones, infos = env.step(actions)
+            try:
+                check_env_step(self._last_obs, None, self.num_timesteps)
+                new_obs, rewards, dones, infos = env.step(actions)
+                check_env_step(new_obs, rewards, self.num_timesteps + env.num_envs)
+            except BaseException:
+                # The envs may have moved on without this step being stored: the next learn() resets them (and
+                # ends the replay's ongoing episodes) instead of joining two episodes.
+                self._last_obs = None
+                raise
             self.num_timesteps += env.num_envs
 
             callback.update_locals(locals())
-            if not callback.on_step():
+            try:
+                continue_training = callback.on_step()
+            finally:
+                # Stored also when the callback stops training or raises (KeyboardInterrupt): the envs took this
+                # step, so dropping it would lose a transition and join two episodes in the replay.
+                self._store_transition(actions, new_obs, rewards, dones, infos)
+            if not continue_training:
                 return False
-            self._update_info_buffer(infos, dones)
-
-            truncations = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos]) & dones
-            terminations = dones & ~truncations
-            self.replay_buffer.add(self._last_obs, actions, rewards, terminations, truncations)
-            self._last_obs = new_obs
-            self._last_episode_starts = dones
-            self._episode_num += int(dones.sum())
-            self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
         self.last_collection_seconds = time.perf_counter() - start
         self.logger.record("time/collection_seconds", self.last_collection_seconds)
         callback.on_rollout_end()
         return True
+
+    def _store_transition(
+        self, actions: np.ndarray, new_obs: np.ndarray, rewards: np.ndarray, dones: np.ndarray, infos: list[dict]
+    ) -> None:
+        """Add one VecEnv step to the replay and move the collection state on to ``new_obs``."""
+        self._update_info_buffer(infos, dones)
+        truncations = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos]) & dones
+        terminations = dones & ~truncations
+        self.replay_buffer.add(self._last_obs, actions, rewards, terminations, truncations)
+        self._last_obs = new_obs
+        self._last_episode_starts = dones
+        self._episode_num += int(dones.sum())
+        self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
 
     # ----------------------------------------------------------------------------------------------
     # learn
@@ -764,6 +891,7 @@ class IRIS(BaseAlgorithm):
         if self.env is None:
             # Checked before _setup_learn, whose own check is a bare assert.
             raise ValueError("IRIS.learn() needs an environment: pass env= to IRIS() or IRIS.load(), or call set_env()")
+        total_timesteps = check_total_timesteps(total_timesteps)
         env_was_reset = reset_num_timesteps or self._last_obs is None
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
@@ -819,11 +947,20 @@ class IRIS(BaseAlgorithm):
     # Replay save / load
     # ----------------------------------------------------------------------------------------------
 
-    def save_replay_buffer(self, path) -> None:
-        """Save the replay buffer (pickled, trimmed to the stored data) to ``path``."""
+    def save_replay_buffer(self, path: Union[str, pathlib.Path, io.BufferedIOBase]) -> None:
+        """Save the replay buffer (pickled, trimmed to the stored data, with its sampling RNG) to ``path``.
+
+        A path is written atomically, as :meth:`save` does (``.pkl`` added when the name has no suffix).
+
+        :param path: file or writable file-like object
+        """
         from stable_baselines3.common.save_util import save_to_pkl
 
-        save_to_pkl(path, self.replay_buffer, self.verbose)
+        self.replay_buffer.action_space = self.action_space
+        if isinstance(path, (str, os.PathLike)):
+            atomic_write(path, "pkl", lambda temporary: save_to_pkl(temporary, self.replay_buffer, self.verbose))
+        else:
+            save_to_pkl(path, self.replay_buffer, self.verbose)
 
     def load_replay_buffer(self, path, truncate_last_traj: bool = True) -> None:
         """Load a replay buffer saved by :meth:`save_replay_buffer`.
@@ -843,13 +980,33 @@ class IRIS(BaseAlgorithm):
             ) from e
         if not isinstance(buffer, EpisodeReplayBuffer):
             raise TypeError(f"{path!s} does not contain an IRIS EpisodeReplayBuffer (found {type(buffer).__name__})")
+        self._check_loaded_replay(buffer, path)
+        buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
+        self.replay_buffer = buffer
+
+    def _check_loaded_replay(self, buffer: EpisodeReplayBuffer, path: Any) -> None:
+        """Refuse a replay of other spaces or envs, or one whose arrays are inconsistent, before using it."""
         if buffer.observation_space.shape != self.observation_space.shape:
             raise ValueError(
                 f"replay observations of shape {buffer.observation_space.shape} do not match the model's "
                 f"{self.observation_space.shape}"
             )
-        buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
-        self.replay_buffer = buffer
+        expected_dtype = self.replay_buffer.observation_dtype  # the model's own (empty or not) replay
+        if buffer.observation_dtype != expected_dtype:
+            raise ValueError(
+                f"replay observations stored as {buffer.observation_dtype} do not match the model's "
+                f"{expected_dtype} (observation_space={self.observation_space}; replay: {buffer.observation_space})"
+            )
+        n_actions = int(self.action_space.n)
+        if buffer.action_space is not None and int(buffer.action_space.n) != n_actions:
+            raise ValueError(
+                f"the replay in {path!s} holds actions of {buffer.action_space} but the model has "
+                f"action_space={self.action_space}: its actions would be read as other actions"
+            )
+        try:
+            buffer.check_integrity(n_actions)
+        except ValueError as e:
+            raise ValueError(f"could not load the replay buffer in {path!s}: {e}") from e
 
 
 def _check_model_archive(path: Union[str, pathlib.Path, io.BufferedIOBase]) -> None:

@@ -20,6 +20,7 @@ from sb3_iris.imagination import sample_from_logits
 from sb3_iris.nn.actor_critic import ActorCritic, ActorCriticConfig, LSTMState
 from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig, MlpTokenizer, MlpTokenizerConfig, Tokenizer
 from sb3_iris.nn.world_model import WorldModel, WorldModelConfig
+from sb3_iris.validation import check_predict_image, check_predict_state
 
 # Policy-level LSTM state as RecurrentPPO exposes it: (h, c), each (1, n_envs, lstm_dim).
 NumpyLSTMState = tuple[np.ndarray, np.ndarray]
@@ -43,7 +44,15 @@ def _build_config(config_class: type, kwargs: Optional[dict[str, Any]], argument
     for key, value in kwargs.items():
         if isinstance(value, list):
             kwargs[key] = tuple(value)
-    return config_class(**kwargs, **fixed)
+    try:
+        # The configs check their field types in __post_init__; validate() checks the combinations (before
+        # any network is built: WorldModelConfig's transformer sizes are only checked there).
+        config = config_class(**kwargs, **fixed)
+        if hasattr(config, "validate"):
+            config.validate()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"policy_kwargs['{argument}']: {e}") from e
+    return config
 
 
 def _make_optimizer(
@@ -259,8 +268,15 @@ class IrisPolicy(BasePolicy):
         self.set_training_mode(False)
         if isinstance(observation, dict):
             raise ValueError("IRIS policies take Box observations, got a dict observation")
+        if self.is_image:
+            check_predict_image(observation)
         observation_tensor, vectorized_env = self.obs_to_tensor(observation)
         n_envs = observation_tensor.shape[0]
+        check_predict_state(state, episode_start, n_envs, self.actor_critic.config.lstm_dim)
+        if n_envs == 0:
+            # An empty batch: no actions (the networks cannot run on zero rows of every kind).
+            empty = np.zeros((1, 0, self.actor_critic.config.lstm_dim), dtype=np.float32)
+            return np.zeros(0, dtype=np.int64), (empty, empty.copy())
         if state is None:
             zeros = np.zeros((1, n_envs, self.actor_critic.config.lstm_dim), dtype=np.float32)
             state = (zeros, zeros.copy())

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sb3_iris.nn.config_checks import check_int_tuples, check_ints
+
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -38,6 +40,11 @@ class ActorCriticConfig:
     mlp_hidden_sizes: tuple[int, ...] = (256, 256)
     lstm_dim: int = 512
     recurrent: bool = True
+
+    def __post_init__(self) -> None:
+        check_ints(self, ("num_actions", "lstm_dim"))
+        check_int_tuples(self, ("observation_shape",), allow_empty=False)
+        check_int_tuples(self, ("conv_channels", "mlp_hidden_sizes"))
 
     @property
     def is_image(self) -> bool:

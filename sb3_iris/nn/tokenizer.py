@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sb3_iris.nn.config_checks import check_bools, check_int_tuples, check_ints, check_reals, check_scales
+
 
 class TokenizerEncoding(NamedTuple):
     """Output of :meth:`Tokenizer.encode`.
@@ -211,6 +213,14 @@ class ConvTokenizerConfig:
     l1_weight: float = 1.0
     l2_weight: float = 0.0
     perceptual_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_ints(self, ("resolution", "in_channels", "base_channels", "encoder_res_blocks", "z_channels"))
+        check_ints(self, ("embed_dim",))
+        check_ints(self, ("vocab_size",), minimum=2)
+        check_int_tuples(self, ("channel_multipliers", "attention_resolutions"))
+        check_reals(self, ("dropout",), high=1.0, high_open=True)
+        check_reals(self, ("beta", "l1_weight", "l2_weight", "perceptual_weight"))
 
     @property
     def latent_resolution(self) -> int:
@@ -494,6 +504,14 @@ class MlpTokenizerConfig:
     l2_weight: float = 1.0
     obs_scale: Optional[list[float]] = field(default=None)
     normalize_observations: bool = True
+
+    def __post_init__(self) -> None:
+        check_ints(self, ("obs_dim", "tokens_per_obs", "embed_dim"))
+        check_ints(self, ("vocab_size",), minimum=2)
+        check_int_tuples(self, ("hidden_sizes",))
+        check_reals(self, ("beta", "l1_weight", "l2_weight"))
+        check_bools(self, ("normalize_observations",))
+        check_scales(self, ("obs_scale",))
 
     def validate(self) -> None:
         for name in ("obs_dim", "tokens_per_obs", "embed_dim", "vocab_size"):

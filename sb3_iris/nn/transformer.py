@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sb3_iris.nn.config_checks import check_ints, check_reals
+
 
 @dataclass
 class TransformerConfig:
@@ -36,6 +38,10 @@ class TransformerConfig:
     embed_dropout: float = 0.1
     residual_dropout: float = 0.1
     attention_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_ints(self, ("tokens_per_block", "max_blocks", "num_layers", "num_heads", "embed_dim"))
+        check_reals(self, ("embed_dropout", "residual_dropout", "attention_dropout"), high=1.0, high_open=True)
 
     @property
     def max_tokens(self) -> int:
