@@ -68,40 +68,45 @@ STATE_DICT_NAMES = (
 class IRIS(BaseAlgorithm):
     """IRIS: Transformers are Sample-Efficient World Models (Micheli et al., ICLR 2023).
 
-    Paper: https://arxiv.org/abs/2209.00588. Defaults are the published Atari 100k configuration.
+    Paper: https://arxiv.org/abs/2209.00588. Defaults depend on the policy (``preset``, :mod:`sb3_iris.defaults`):
+    ``CnnPolicy`` gets the published Atari 100k configuration, ``MlpPolicy`` the CPU-sized one of the tuned
+    ``CartPole-v1`` entry. An argument shown as ``(a / b)`` below defaults to ``a`` under the published preset and
+    to ``b`` under the vector one; ``None`` means "the preset's value".
 
     :param policy: ``"CnnPolicy"`` (images), ``"MlpPolicy"`` (1-D vectors) or an :class:`IrisPolicy` subclass
     :param env: environment (Gymnasium env, VecEnv or registered id); only ``Discrete`` actions
-    :param learning_rate: learning rate of the three optimisers, constant or schedule (1e-4)
+    :param learning_rate: learning rate of the three optimisers, constant or schedule (1e-4 / 1e-3)
     :param n_steps_per_epoch: real transitions collected per epoch, summed over envs, rounded up to a multiple
         of ``n_envs`` (200)
     :param tokenizer_updates_per_epoch: tokenizer gradient steps per epoch (200)
-    :param world_model_updates_per_epoch: world-model gradient steps per epoch (200)
-    :param actor_critic_updates_per_epoch: actor-critic gradient steps per epoch (200)
+    :param world_model_updates_per_epoch: world-model gradient steps per epoch (200 / 100)
+    :param actor_critic_updates_per_epoch: actor-critic gradient steps per epoch (200 / 50)
     :param tokenizer_batch_size: frames per tokenizer step (256)
-    :param world_model_batch_size: segments per world-model step (64)
+    :param world_model_batch_size: segments per world-model step (64 / 32)
     :param actor_critic_batch_size: imagined trajectories per actor-critic step (64)
-    :param tokenizer_start_after_epochs: the tokenizer trains from epoch ``this + 1`` (5)
-    :param world_model_start_after_epochs: the world model trains from epoch ``this + 1`` (25)
-    :param actor_critic_start_after_epochs: the actor-critic trains from epoch ``this + 1`` (50)
+    :param tokenizer_start_after_epochs: the tokenizer trains from epoch ``this + 1`` (5 / 0)
+    :param world_model_start_after_epochs: the world model trains from epoch ``this + 1`` (25 / 2)
+    :param actor_critic_start_after_epochs: the actor-critic trains from epoch ``this + 1`` (50 / 5)
     :param tokenizer_stop_after_epochs: the tokenizer trains no more after epoch ``this``: its tokens then stay fixed
         under the world model, and the per-epoch token and reconstruction caches stay valid across epochs (None:
         it trains in every epoch, as in IRIS; not in IRIS)
-    :param sequence_length: steps per world-model segment; must not exceed the world model's ``max_blocks`` (20)
-    :param imagination_horizon: imagined steps per trajectory H (20)
-    :param burn_in: real frames fed to the actor's LSTM before imagining, and re-fed at each collection start (20)
-    :param gamma: discount (0.995)
+    :param sequence_length: steps per world-model segment; must not exceed the world model's ``max_blocks`` (20 / 16)
+    :param imagination_horizon: imagined steps per trajectory H (20 / 15)
+    :param burn_in: real frames fed to the actor's LSTM before imagining, and re-fed at each collection start
+        (20 / 5)
+    :param gamma: discount (0.995 / 0.99)
     :param gae_lambda: lambda of the lambda-returns (0.95)
-    :param ent_coef: entropy weight of the actor loss (0.001)
+    :param ent_coef: entropy weight of the actor loss (0.001 / 0.01)
     :param normalize_advantage: standardise the actor's advantages over each batch (False, as in IRIS; True helps
         dense-reward tasks such as CartPole, where returns are large while the value head catches up)
     :param max_grad_norm: gradient-norm clip of the three optimisers (10)
     :param collect_epsilon: probability of a uniformly random action during collection (0.01)
     :param collect_temperature: policy temperature during collection (1.0)
     :param imagination_temperature: sampling temperature of the world model's observation tokens (1.0)
-    :param final_training_epochs: training-only epochs after the last collection of a ``learn()`` call (100: the
-        published schedule collects for 500 epochs and trains for 600; use 0 for the SB3 habit of stopping when
-        ``total_timesteps`` is reached)
+    :param final_training_epochs: training-only epochs after the last collection of a ``learn()`` call: an int is a
+        number of epochs, a float a fraction of the call's collecting epochs, rounded (0.2 / 0: the published 100k
+        steps collect for 500 epochs and then train for 100 more; ``learn(256)`` then runs 2 + 0 epochs; use 0 for the
+        SB3 habit of stopping when ``total_timesteps`` is reached); see :mod:`sb3_iris.schedule`
     :param buffer_size: maximum number of stored transitions (None: keep everything, as IRIS does)
     :param replay_memory_budget_gb: evict the oldest episodes once the replay data exceeds this many GB (None: no limit)
     :param use_token_cache: cache the frozen tokenizer's tokens per replay frame within an epoch (same results,
@@ -123,10 +128,15 @@ class IRIS(BaseAlgorithm):
     :param stats_window_size: window for the rollout episode statistics
     :param tensorboard_log: TensorBoard log folder (None: no logging)
     :param policy_kwargs: keyword arguments of the policy (``tokenizer_kwargs``, ``world_model_kwargs``,
-        ``actor_critic_kwargs``, ``world_model_weight_decay``, ``optimizer_kwargs``)
-    :param verbose: 0 no output, 1 info (losses at each log), 2 debug
+        ``actor_critic_kwargs``, ``world_model_weight_decay``, ``optimizer_kwargs``), merged key by key into the
+        preset's network sizes (published: the config dataclasses' defaults; vector: see :mod:`sb3_iris.defaults`)
+    :param verbose: 0 no output, 1 info (the schedule before training, epoch and phase progress with an estimate
+        of the time left, losses at each log), 2 debug
     :param seed: random seed
     :param device: ``"cpu"``, ``"cuda"`` or ``"auto"``
+    :param preset: where the arguments left at None come from: ``"published"`` (the paper's Atari 100k schedule and
+        networks, for any policy), ``"vector"`` (MlpPolicy only) or None (by policy: ``MlpPolicy`` vector, else
+        published)
     :param _init_setup_model: build the networks at construction (False when loading)
     """
 
@@ -256,7 +266,7 @@ class IRIS(BaseAlgorithm):
     def _validate_hyperparameters(self) -> None:
         """Refuse impossible values before any work, naming the argument, the value and what is valid.
 
-        Also non-finite numbers (NaN fails every comparison) and values of the wrong type (``gamma=None``).
+        Also non-finite numbers (NaN fails every comparison) and values of the wrong type (``buffer_size="4"``).
         """
         positive = (
             "n_steps_per_epoch",
@@ -372,6 +382,7 @@ class IRIS(BaseAlgorithm):
             "performance",
             "_kv_cache",
             "_phase_progress",
+            "_progress",
             "_reconstruction_cache",
             "_token_stepper",
         ]
@@ -545,21 +556,10 @@ class IRIS(BaseAlgorithm):
         optimizer.step()
 
     def _report_progress(self, done: int, total: int) -> None:
-        """At verbose >= 1, print the progress of a long training phase every ``PROGRESS_PRINT_SECONDS``."""
-        progress = getattr(self, "_phase_progress", None)
-        if self.verbose < 1 or progress is None or done == 0:
-            return
-        phase, start, last_print = progress
-        now = time.perf_counter()
-        if now - last_print < PROGRESS_PRINT_SECONDS:
-            return
-        self._phase_progress = (phase, start, now)
-        elapsed = now - start
-        eta = elapsed / done * (total - done)
-        print(
-            f"IRIS epoch {self._n_epochs} {phase}: {done}/{total} updates, {elapsed:.0f}s elapsed, ~{eta:.0f}s left",
-            file=sys.stderr,
-        )
+        """Report a training phase at update ``done`` of ``total`` (verbose >= 1 or progress_bar: sb3_iris.progress)."""
+        progress, phase = getattr(self, "_progress", None), getattr(self, "_phase_progress", None)
+        if progress is not None and phase is not None:
+            progress.phase_update(self._n_epochs, phase[0], done, total)
 
     # Replay observations used to fit a vector tokenizer's input standardisation (once, before its first update).
     NORMALIZATION_SAMPLE = 10_000
@@ -699,7 +699,7 @@ class IRIS(BaseAlgorithm):
         actor_critic = self.policy.actor_critic
         actor_critic.train()
         totals = {"total": [], "policy": [], "value": [], "entropy": []}
-        imagined_returns, imagined_rewards = [], []
+        imagined_returns, imagined_rewards, imagined_rewards_per_step = [], [], []
         for update in range(self.actor_critic_updates_per_epoch):
             self._report_progress(update, self.actor_critic_updates_per_epoch)
             rollout = self.imagine(self.actor_critic_batch_size)
@@ -719,6 +719,7 @@ class IRIS(BaseAlgorithm):
                 totals[name].append(getattr(losses, name).item())
             imagined_returns.append(returns[:, 0].mean().item())
             imagined_rewards.append(rollout.rewards.sum(1).mean().item())
+            imagined_rewards_per_step.append(rollout.rewards.mean().item())
         self._n_updates += self.actor_critic_updates_per_epoch
         return {
             "train/actor_critic_loss": float(np.mean(totals["total"])),
@@ -727,6 +728,7 @@ class IRIS(BaseAlgorithm):
             "train/entropy": float(np.mean(totals["entropy"])),
             "train/imagined_return": float(np.mean(imagined_returns)),
             "train/imagined_reward_sum": float(np.mean(imagined_rewards)),
+            "train/imagined_reward_per_step": float(np.mean(imagined_rewards_per_step)),
         }
 
     def _tokenizer_stopped(self, epoch: int) -> bool:
@@ -825,6 +827,7 @@ class IRIS(BaseAlgorithm):
         self.policy.set_training_mode(False)
         self._collection_state = self._burn_in_collection_state()
         callback.on_rollout_start()
+        reward_sum = 0.0
         for _ in range(n_vec_steps):
             actions = self._sample_collection_actions(self._last_episode_starts)
             try:
@@ -837,6 +840,7 @@ class IRIS(BaseAlgorithm):
                 self._last_obs = None
                 raise
             self.num_timesteps += env.num_envs
+            reward_sum += float(np.sum(rewards))
 
             callback.update_locals(locals())
             try:
@@ -849,6 +853,8 @@ class IRIS(BaseAlgorithm):
                 return False
         self.last_collection_seconds = time.perf_counter() - start
         self.logger.record("time/collection_seconds", self.last_collection_seconds)
+        # Comparable with train/imagined_reward_per_step: is the world model's picture of rewards the real one?
+        self.logger.record("rollout/reward_per_step", reward_sum / max(n_vec_steps * env.num_envs, 1))
         callback.on_rollout_end()
         return True
 
@@ -893,9 +899,8 @@ class IRIS(BaseAlgorithm):
             raise ValueError("IRIS.learn() needs an environment: pass env= to IRIS() or IRIS.load(), or call set_env()")
         total_timesteps = check_total_timesteps(total_timesteps)
         env_was_reset = reset_num_timesteps or self._last_obs is None
-        total_timesteps, callback = self._setup_learn(
-            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
-        )
+        # IRIS's own progress bar counts epochs (see sb3_iris.progress), not SB3's env steps.
+        total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name)
         if self.replay_buffer.n_envs != self.n_envs:
             if self.replay_buffer.n_steps > 0:
                 raise ValueError(
@@ -909,23 +914,50 @@ class IRIS(BaseAlgorithm):
         self._epoch_padding_tokens = None
         self.replay_buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
         n_vec_steps = -(-self.n_steps_per_epoch // self.n_envs)
+        timesteps = total_timesteps - self.num_timesteps
+        self._progress = self._start_progress(timesteps, n_vec_steps * self.n_envs, progress_bar)
 
         callback.on_training_start(locals(), globals())
-        stopped = False
+        stopped, collected = False, 0
         while self.num_timesteps < total_timesteps:
             if not self.collect_rollouts(self.env, callback, n_vec_steps):
                 stopped = True
                 break
+            collected += 1
             self._run_epoch(log_interval)
         if not stopped:
-            for _ in range(self.final_training_epochs):
-                self._run_epoch(log_interval)
+            for _ in range(final_epochs(self.final_training_epochs, collected)):
+                self._run_epoch(log_interval, collected=False)
+        self._progress.close()
+        self._progress = None
         callback.on_training_end()
         return self
 
-    def _run_epoch(self, log_interval: int) -> None:
+    def _start_progress(self, timesteps: int, steps_per_epoch: int, progress_bar: bool) -> TrainingProgress:
+        """The schedule of a learn() call: warn if a part never trains in it; print it at verbose >= 1."""
+        plan = plan_epochs(
+            timesteps,
+            steps_per_epoch,
+            self._n_epochs,
+            self.final_training_epochs,
+            start_after={p: getattr(self, f"{p}_start_after_epochs") for p in PARTS},
+            updates_per_epoch={p: getattr(self, f"{p}_updates_per_epoch") for p in PARTS},
+            stop_after={p: getattr(self, f"{p}_stop_after_epochs", None) for p in PARTS},
+        )
+        if plan.unreachable_parts():
+            warnings.warn(unreachable_message(plan, self.final_training_epochs), UserWarning, stacklevel=3)
+        progress = TrainingProgress(plan, self.verbose, progress_bar, PROGRESS_PRINT_SECONDS)
+        progress.announce(schedule_line(plan, network_summary(self.policy), getattr(self, "preset", None)))
+        return progress
+
+    def _run_epoch(self, log_interval: int, collected: bool = True) -> None:
         self._n_epochs += 1
         self.train()
+        progress = getattr(self, "_progress", None)
+        if progress is not None:
+            collection_seconds = self.last_collection_seconds if collected else None
+            progress.epoch_end(self._n_epochs, self.last_phase_seconds, collection_seconds)
+            self.logger.record("time/seconds_left", round(progress.seconds_left()[0]))
         if log_interval > 0 and self._n_epochs % log_interval == 0:
             self.dump_logs()
 

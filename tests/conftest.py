@@ -124,6 +124,8 @@ def tiny_iris_kwargs(image: bool, resolution: int = 16, **overrides: Any) -> dic
         imagination_horizon=3,
         final_training_epochs=0,
         device="cpu",
+        # What these sizes leave unset keeps the published values (MlpPolicy's own default is the vector preset).
+        preset="published",
         policy_kwargs=dict(
             tokenizer_kwargs=tokenizer_kwargs,
             world_model_kwargs=dict(num_layers=1, num_heads=1, embed_dim=32, max_blocks=4),
