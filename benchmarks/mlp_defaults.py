@@ -6,7 +6,8 @@ Trains ``IRIS("MlpPolicy", "CartPole-v1", seed=seed)`` (no other argument: the v
 ``sb3_iris/defaults.py``) for ``--timesteps`` steps on one torch thread. SB3's ``EvalCallback`` evaluates every
 ``--eval-freq`` env steps on a separate env with ``--eval-episodes`` deterministic episodes (the protocol of
 ``benchmarks/sample_efficiency.py``). The JSON has every evaluation, the first step whose mean return reaches
-``--threshold``, the wall time of the whole run and the part of it spent evaluating.
+``--threshold``, the wall time of the whole run and the part of it spent evaluating, and the process's CPU time
+(with one thread, what the run takes on one idle core; on a shared machine the wall time is longer).
 """
 
 from __future__ import annotations
@@ -59,10 +60,10 @@ def run(seed: int, timesteps: int, eval_freq: int, eval_episodes: int, threshold
     torch.set_num_threads(1)
     eval_env = Monitor(gym.make("CartPole-v1"))
     callback = TimedEvalCallback(eval_env, eval_freq=eval_freq, n_eval_episodes=eval_episodes, deterministic=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model = IRIS("MlpPolicy", "CartPole-v1", seed=seed, device="cpu")
     model.learn(timesteps, callback=callback)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     reached = [r["timesteps"] for r in callback.results if r["mean_return"] >= threshold]
     return {
         "env": "CartPole-v1",
@@ -78,6 +79,9 @@ def run(seed: int, timesteps: int, eval_freq: int, eval_episodes: int, threshold
         "wall_seconds": round(wall, 1),
         "eval_seconds": round(callback.eval_seconds, 1),
         "train_seconds": round(wall - callback.eval_seconds, 1),
+        # CPU time of this single-threaded process: its wall time on one idle core (the machine may be shared).
+        "cpu_seconds": round(cpu, 1),
+        "load_average_at_end": os.getloadavg(),
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "torch": torch.__version__,
