@@ -6,6 +6,13 @@ Usage::
     python -m sb3_iris.evaluate MODEL.zip --env CartPole-v1 --episodes 10 --seed 0 --json
     python -m sb3_iris.evaluate MODEL.zip --env my_pkg.envs:MyEnv-v0 --episodes 5        # module:id syntax
     python -m sb3_iris.evaluate MODEL.zip --env MyEnv-v0 --env-module my_pkg.envs --episodes 5
+    python -m sb3_iris.evaluate logs/iris/MinAtar-Breakout-v1_1/MinAtar-Breakout-v1.zip --env MinAtar/Breakout-v1
+
+A model inside an RL Zoo run folder is evaluated on the env it was trained on: the ``env_wrapper`` of
+``<run>/<env>/config.yml`` and the ``--env-kwargs`` and ``--gym-packages`` of ``<run>/<env>/args.yml`` (as
+``rl_zoo3.enjoy`` does; :mod:`sb3_iris.run_config`). ``--env-wrapper`` and ``--env-kwargs`` give or replace them
+(``--env-wrapper sb3_iris.minatar.MinAtarImageWrapper``, or with arguments
+``--env-wrapper "{sb3_iris.minatar.MinAtarImageWrapper: {cell_size: 1, image_size: 16}}"``).
 
 Protocol (IRIS): actions sampled from the policy at temperature 0.5 (``--temperature``; ``--deterministic`` takes
 the most likely action instead), no epsilon-greedy exploration, the actor's LSTM state carried through the episode
@@ -38,9 +45,11 @@ from typing import Any, Optional
 import gymnasium as gym
 import numpy as np
 import torch
+import yaml
 from gymnasium import spaces
 
 from sb3_iris.atari_scores import ATARI_SCORES, atari_game_name, human_normalized_score
+from sb3_iris.run_config import EnvSettings, find_run_settings, load_wrappers, parse_env_kwargs, parse_wrapper_specs
 
 __all__ = [
     "EvaluationResult",
@@ -51,7 +60,11 @@ __all__ = [
     "load_model",
     "main",
     "make_env",
+    "resolve_env_settings",
 ]
+
+# Evaluation builds the Atari preprocessing itself (with the evaluation settings): a saved entry's is skipped.
+ATARI_WRAPPER = "sb3_iris.atari.IrisAtariWrapper"
 
 DEFAULT_TEMPERATURE = 0.5
 
@@ -169,29 +182,97 @@ def make_env(
     seed: Optional[int] = None,
     render_mode: Optional[str] = None,
     env_modules: Sequence[str] = (),
+    settings: Optional[EnvSettings] = None,
 ) -> gym.Env:
     """Make one environment as IRIS sees it.
 
     Atari ids get the IRIS preprocessing (evaluation settings unless ``training``); other ids are made with
-    ``gym.make`` (``module:EnvId`` ids import ``module`` first, as Gymnasium does).
+    ``gym.make`` (``module:EnvId`` ids import ``module`` first, as Gymnasium does). ``settings`` add what the
+    model was trained with (RL Zoo's ``env_wrapper``, ``env_kwargs``, ``gym_packages``).
 
     :param env_id: Gymnasium id
     :param training: Atari only: the training settings (life-loss ends, 30 no-ops, 20 000-frame limit)
     :param seed: seeds the first reset and the action space
     :param render_mode: ``"rgb_array"`` to be able to call ``render()``
     :param env_modules: modules imported first (to register custom envs)
+    :param settings: the training env's wrappers, ``gym.make`` kwargs and packages (see :mod:`sb3_iris.run_config`)
     """
-    import_env_modules(env_modules)
+    settings = settings or EnvSettings()
+    import_env_modules([*settings.gym_packages, *env_modules])
+    # Only envs that can render get a render_mode: a constructor without the argument would reject even None.
+    make_kwargs = dict(settings.env_kwargs)
+    if render_mode is not None:
+        make_kwargs["render_mode"] = render_mode
     try:
+        wrappers = load_wrappers(settings.wrappers, skip=(ATARI_WRAPPER,) if is_atari_id(env_id) else ())
         if is_atari_id(env_id):
             env = _make_atari_env(env_id, training, seed, render_mode)
         else:
-            env = gym.make(env_id, render_mode=render_mode)
+            env = gym.make(env_id, **make_kwargs)
+        for wrap in wrappers:
+            env = wrap(env)
     except gym.error.Error as error:
         raise UsageError(f"cannot make env {env_id!r}: {error}") from error
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"cannot make env {env_id!r} with {settings.describe()}: {error}") from error
     if seed is not None:
         env.action_space.seed(seed)
     return env
+
+
+def resolve_env_settings(
+    model_path: str,
+    env_id: str,
+    wrapper_args: Sequence[str] = (),
+    env_kwargs_args: Sequence[str] = (),
+    use_run_config: bool = True,
+) -> EnvSettings:
+    """The training env's settings: ``--env-wrapper`` / ``--env-kwargs`` where given, else what RL Zoo saved.
+
+    :param model_path: the model file (an RL Zoo run folder holds ``<env>/config.yml`` and ``args.yml`` next to it)
+    :param env_id: the Gymnasium id
+    :param wrapper_args: ``--env-wrapper`` values: dotted names or YAML ``{name: kwargs}`` mappings
+    :param env_kwargs_args: ``--env-kwargs`` values (``key:value``)
+    :param use_run_config: read the run folder's files (``--no-run-config`` turns it off)
+    """
+    try:
+        saved = find_run_settings(model_path, env_id) if use_run_config else None
+        settings = saved or EnvSettings()
+        if wrapper_args:
+            settings.wrappers = parse_wrapper_specs([yaml.safe_load(spec) for spec in wrapper_args])
+            settings.source = "the command line"
+        if env_kwargs_args:
+            settings.env_kwargs = parse_env_kwargs(list(env_kwargs_args))
+            settings.source = "the command line"
+    except (ValueError, yaml.YAMLError) as error:
+        raise UsageError(str(error)) from error
+    if settings.source is not None:
+        print(f"env settings from {settings.source}: {settings.describe()}", file=sys.stderr)
+    return settings
+
+
+def add_env_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--env-wrapper``, ``--env-kwargs`` and ``--no-run-config`` options of evaluate and play."""
+    parser.add_argument(
+        "--env-wrapper",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="wrap the env as in training: a dotted class name or a YAML mapping '{name: {kwarg: value}}', "
+        "repeatable, applied in order (default: the env_wrapper RL Zoo saved in the model's run folder)",
+    )
+    parser.add_argument(
+        "--env-kwargs",
+        nargs="+",
+        default=[],
+        metavar="KEY:VALUE",
+        help="keyword arguments of gym.make, as RL Zoo's --env-kwargs (default: those saved in the run folder)",
+    )
+    parser.add_argument(
+        "--no-run-config",
+        action="store_true",
+        help="ignore the <run>/<env>/config.yml and args.yml that RL Zoo wrote next to the model",
+    )
 
 
 def env_supports_rgb_render(env_id: str, env_modules: Sequence[str] = ()) -> bool:
@@ -248,7 +329,12 @@ def check_compatible(model: Any, env: gym.Env, env_id: str) -> None:
     shape = tuple(model.observation_space.shape)
     env_shape = tuple(obs_space.shape or ())
     if env_shape != shape and not (len(env_shape) == 3 and (env_shape[2], env_shape[0], env_shape[1]) == shape):
-        hint = " (Atari ids get the IRIS 64x64 preprocessing)" if is_atari_id(env_id) else ""
+        hint = (
+            " (Atari ids get the IRIS 64x64 preprocessing)"
+            if is_atari_id(env_id)
+            else "; a model trained with an env_wrapper needs the same wrapper: --env-wrapper module.Class, or "
+            "evaluate the model inside its RL Zoo run folder, whose <env>/config.yml names it"
+        )
         raise UsageError(f"{env_id} has observations of shape {env_shape}, the model expects {shape}{hint}")
 
 
@@ -412,6 +498,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="import MODULE (dotted name or .py file) before making the env, to register custom envs; repeatable",
     )
+    add_env_settings_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every episode to stderr")
     return parser
@@ -424,7 +511,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.temperature <= 0 and not args.deterministic:
             raise UsageError("--temperature must be > 0 (use --deterministic for greedy actions)")
         model = load_model(args.model, args.device)
-        env = make_env(args.env, training=False, seed=args.seed, env_modules=args.env_module)
+        settings = resolve_env_settings(
+            args.model, args.env, args.env_wrapper, args.env_kwargs, use_run_config=not args.no_run_config
+        )
+        env = make_env(args.env, training=False, seed=args.seed, env_modules=args.env_module, settings=settings)
         check_compatible(model, env, args.env)
         start = time.perf_counter()
         with warnings.catch_warnings():

@@ -28,7 +28,19 @@ Videos are written headless with ``--output FILE`` (``.mp4`` through imageio-ffm
 Atari ids (``*NoFrameskip-v4``, ``ALE/*``) get the IRIS evaluation preprocessing (64x64 RGB, frame skip 4, no
 life-loss ends, 108 000-frame limit). ``--env-module MODULE`` imports a module (dotted name or ``.py`` file)
 that registers custom envs before the env is made; ``--env module:EnvId`` does the same through Gymnasium.
-``--steps`` limits each episode (default: none in the real env, 100 in the world model).
+``--steps`` limits each episode (default: none in the real env; in the world model the env's time limit, at most
+100). A dream has no clock: the world model sees its last ``max_blocks`` steps and predicts ends from the frames,
+so a task that ends after a fixed number of steps is not ended there (a 20-step task can dream for 81 steps);
+play prints a note when that may have happened.
+
+``dream`` and ``human`` need an image model (``CnnPolicy``): a vector model's world model dreams tokens of vectors,
+which have no picture. ``real`` works for both; for a vector env it shows the env's own ``render()`` (classic
+control needs pygame: ``pip install pygame``, or the ``[play]`` extra).
+
+A model inside an RL Zoo run folder is played on the env it was trained on (its ``env_wrapper``, ``--env-kwargs``
+and ``--gym-packages``, read from ``<run>/<env>/config.yml`` and ``args.yml``); ``--env-wrapper`` and
+``--env-kwargs`` give or replace them (see :mod:`sb3_iris.evaluate`). ``render_mode`` is passed only to envs that
+list ``rgb_array`` among their render modes.
 """
 
 from __future__ import annotations
@@ -42,16 +54,19 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+from gymnasium.error import DependencyNotInstalled
 
 from sb3_iris.evaluate import (
     DEFAULT_TEMPERATURE,
     IrisAgent,
     UsageError,
+    add_env_settings_arguments,
     check_compatible,
     env_supports_rgb_render,
     load_model,
     make_env,
     observation_to_policy,
+    resolve_env_settings,
 )
 from sb3_iris.imagination import sample_from_logits, world_model_step
 from sb3_iris.nn.world_model import interleave_tokens
@@ -241,7 +256,13 @@ class _Session:
             frame = self.env.render()
         except Exception as error:  # e.g. a missing rendering dependency (pygame for classic control)
             if not self.is_image:
-                raise UsageError(f"cannot render {self.args.env}: {error}") from error
+                hint = ""
+                if isinstance(error, DependencyNotInstalled) or "pygame" in str(error):
+                    hint = (
+                        "; --mode real shows a vector env through its render(), which for classic control needs "
+                        'pygame: pip install pygame (or pip install "sb3-iris[play]")'
+                    )
+                raise UsageError(f"cannot render {self.args.env}: {error}{hint}") from error
             print(f"warning: cannot render {self.args.env} ({error}): showing the observations", file=sys.stderr)
             self._render_failed = True
             return None
@@ -341,7 +362,7 @@ class _Session:
         real_observation = observation  # the real env, run open loop with the same actions (--side-by-side)
         real_done = False
         total, steps = 0.0, 0
-        limit = self.args.steps if self.args.steps is not None else DEFAULT_DREAM_STEPS
+        limit = self.dream_step_limit()
         mode = "human" if choose is not None else "dream"
         frame = tokenizer.decode_tokens(tokens)
         while not self.sink.closed:
@@ -379,6 +400,27 @@ class _Session:
             if end or steps >= limit:
                 break
         return total, steps
+
+    def dream_step_limit(self) -> int:
+        """``--steps``, else the env's time limit (its spec's ``max_episode_steps``) capped at the default."""
+        if self.args.steps is not None:
+            return self.args.steps
+        spec_limit = getattr(getattr(self.env, "spec", None), "max_episode_steps", None)
+        return min(DEFAULT_DREAM_STEPS, spec_limit) if spec_limit else DEFAULT_DREAM_STEPS
+
+    def dream_note(self, steps: int) -> Optional[str]:
+        """Why a dream episode may be longer than a real one (None when it ended by a predicted end early)."""
+        max_blocks = self.policy.world_model.config.max_blocks
+        limit = self.dream_step_limit()
+        if steps < limit and steps <= max_blocks:
+            return None
+        ended = f"stopped at the step limit ({limit}; --steps)" if steps >= limit else f"a predicted end at {steps}"
+        return (
+            f"note: the dream ran {steps} steps ({ended}). The world model sees only its last {max_blocks} steps "
+            "and has no clock: it predicts an episode's end from the frames, so an end that comes from a step count "
+            "(a time limit, or a task of fixed length) is not where the real env's is. Dreamed rewards and ends are "
+            "the world model's predictions."
+        )
 
     def dream_panels(self, frame: torch.Tensor, real_observation: np.ndarray, real_done: bool) -> list[np.ndarray]:
         dream = upscale(to_uint8_images(frame[0], channels_first=True), self.scale)
@@ -433,6 +475,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="import MODULE (dotted name or .py file) before making the env, to register custom envs; repeatable",
     )
+    add_env_settings_arguments(parser)
     return parser
 
 
@@ -461,11 +504,21 @@ def play(args: argparse.Namespace) -> list[tuple[float, int]]:
     model = load_model(args.model, args.device)
     is_image = len(model.observation_space.shape) == 3
     if args.mode != "real" and not is_image:
-        raise UsageError(f"--mode {args.mode} shows imagined frames: it needs a model with image observations")
+        raise UsageError(
+            f"--mode {args.mode} shows imagined frames, so it needs a model with image observations; this model has "
+            f"vector observations of shape {model.observation_space.shape} (its world model dreams tokens of vectors, "
+            "which have no picture): watch it in the real env with --mode real"
+        )
+    settings = resolve_env_settings(
+        args.model, args.env, args.env_wrapper, args.env_kwargs, use_run_config=not args.no_run_config
+    )
+    modules = [*settings.gym_packages, *args.env_module]
     # The real mode shows the env's full-resolution render when it has one; the world-model modes show observations.
     wants_render = args.mode == "real"
-    render_mode = "rgb_array" if wants_render and env_supports_rgb_render(args.env, args.env_module) else None
-    env = make_env(args.env, training=False, seed=args.seed, render_mode=render_mode, env_modules=args.env_module)
+    render_mode = "rgb_array" if wants_render and env_supports_rgb_render(args.env, modules) else None
+    env = make_env(
+        args.env, False, seed=args.seed, render_mode=render_mode, env_modules=args.env_module, settings=settings
+    )
     check_compatible(model, env, args.env)
 
     display = PygameDisplay(f"IRIS {args.mode}: {args.env}", args.fps) if needs_window else None
@@ -496,6 +549,9 @@ def play(args: argparse.Namespace) -> list[tuple[float, int]]:
                 results.append(result)
                 label = "predicted return" if args.mode != "real" else "return"
                 print(f"episode {episode}: {label} {result[0]:g}, {result[1]} steps")
+                note = session.dream_note(result[1]) if args.mode != "real" else None
+                if note is not None and episode == 1:
+                    print(note, file=sys.stderr)
                 if sink.closed:
                     break
     finally:
