@@ -149,18 +149,24 @@ def run_attempt(
         attempt["pid"] = process.pid
         state = suite_runs.update_state(run, state, state="running", attempts=[*attempts, attempt], error=None)
         try:
-            returncode = process.wait()
+            returncode = _wait(process)
         except BaseException:  # Ray's cancellation (KeyboardInterrupt), SystemExit
             _stop(process)
             attempt.update(returncode=process.returncode, wall_seconds=time.perf_counter() - start)
-            steps = _steps_done(run, attempt, log)
+            finished = _finished(run, attempt, config.budget)
+            steps = config.budget if finished else _steps_done(run, attempt, log)
             suite_runs.update_state(
-                run, state, state="interrupted", attempts=[*attempts, attempt], steps_done=steps, error=None
+                run,
+                state,
+                state="finished" if finished else "interrupted",
+                attempts=[*attempts, attempt],
+                steps_done=steps,
+                error=None,
             )
             raise
     attempt.update(returncode=returncode, wall_seconds=time.perf_counter() - start)
+    finished = _finished(run, attempt, config.budget)
     final = suite_runs.final_steps(run, Path(attempt["zoo_folder"]))
-    finished = returncode == 0 and final is not None and final >= config.budget
     steps = final if finished else _steps_done(run, attempt, log)
     error = None
     if not finished:
@@ -174,6 +180,22 @@ def run_attempt(
         run, state, state=result_state, attempts=[*attempts, attempt], steps_done=steps, error=error
     )
     return {"state": result_state, "steps": steps, "error": error}
+
+
+def _wait(process: subprocess.Popen) -> int:
+    """Wait for the training process in short slices: Ray's cancellation (an exception raised in this thread)
+    is only delivered between Python bytecodes, never inside one blocking ``waitpid``."""
+    while True:
+        try:
+            return process.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _finished(run: RunSpec, attempt: dict[str, Any], budget: int) -> bool:
+    """Whether an attempt ended the run: exit status 0 and a final model at the budget."""
+    final = suite_runs.final_steps(run, Path(attempt["zoo_folder"]))
+    return attempt.get("returncode") == 0 and final is not None and final >= budget
 
 
 def _steps_done(run: RunSpec, attempt: dict[str, Any], log: Path) -> int:

@@ -35,6 +35,9 @@ def zoo_entry_point(python: Optional[str] = None) -> list[str]:
     :param python: the interpreter (default: this one)
     """
     python = python or sys.executable
+    if python == sys.executable and "_sb3_iris_zoo_hook" in sys.modules and not os.environ.get("SB3_IRIS_NO_ZOO_HOOK"):
+        # This interpreter ran the start-up hook (sb3_iris_zoo.pth): a child with the same environment runs it too.
+        return [python, "-m", "rl_zoo3.train"]
     probe = [python, "-c", "import rl_zoo3.utils as u, sys; sys.exit(0 if 'iris' in u.ALGOS else 1)"]
     try:
         registered = subprocess.run(probe, capture_output=True, timeout=300).returncode == 0
