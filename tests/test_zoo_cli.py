@@ -181,20 +181,23 @@ def test_cartpole_conf_file_params_precedence_and_replay_buffer(tmp_path):
 # --------------------------------------------------------------------------------------------
 # -optimize: two random-sampler trials, no pruner, the report
 # --------------------------------------------------------------------------------------------
+# -optimize trials of CartPole-v1 (-n 100): the sampler sets the batch sizes and updates per epoch (25..200), so the
+# world model and actor-critic phases start after the end of the run and a trial costs seconds.
+TINY_OPTIMIZE_PARAMS = [
+    f"policy_kwargs:{TINY_MLP_POLICY_KWARGS}",
+    "n_steps_per_epoch:50",
+    "sequence_length:4",
+    "burn_in:2",
+    "tokenizer_start_after_epochs:0",
+    "world_model_start_after_epochs:9",
+    "actor_critic_start_after_epochs:9",
+    "final_training_epochs:0",
+]
+
+
 def test_optimize_two_random_trials_writes_report(tmp_path):
     logs = tmp_path / "logs"
-    # The sampler sets the batch sizes and updates per epoch (25..200): keep the world model and
-    # actor-critic phases after the end of the run so that a trial costs seconds.
-    params = [
-        f"policy_kwargs:{TINY_MLP_POLICY_KWARGS}",
-        "n_steps_per_epoch:50",
-        "sequence_length:4",
-        "burn_in:2",
-        "tokenizer_start_after_epochs:0",
-        "world_model_start_after_epochs:9",
-        "actor_critic_start_after_epochs:9",
-        "final_training_epochs:0",
-    ]
+    params = TINY_OPTIMIZE_PARAMS
     optimize = ["-optimize", "--n-trials", "2", "--n-jobs", "1", "--sampler", "random", "--pruner", "none"]
     optimize += ["--n-evaluations", "1", "--eval-episodes", "1", "--no-optim-plots"]
     out = zoo_cli(
