@@ -60,7 +60,6 @@ import glob
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -72,6 +71,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from sb3_iris.suite.zoo_runs import interval_estimates, machine_description, read_evaluations, zoo_entry_point
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IRIS_CONF = REPO_ROOT / "hyperparams" / "iris.yml"
@@ -151,16 +152,8 @@ class Run:
 # --------------------------------------------------------------------------------------------------
 
 
-def _zoo_entry_point() -> list[str]:
-    """``python -m rl_zoo3.train`` when ``--algo iris`` is registered (start-up hook), else the fallback."""
-    probe = [sys.executable, "-c", "import rl_zoo3.utils as u, sys; sys.exit(0 if 'iris' in u.ALGOS else 1)"]
-    try:
-        registered = subprocess.run(probe, capture_output=True, timeout=300).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        registered = False
-    if registered:
-        return [sys.executable, "-m", "rl_zoo3.train"]
-    return [sys.executable, "-m", "sb3_iris.zoo", "train"]
+# ``python -m rl_zoo3.train`` when ``--algo iris`` is registered (start-up hook), else the fallback.
+_zoo_entry_point = zoo_entry_point
 
 
 def gym_packages_for(env_id: str, extra: Optional[list[str]] = None) -> list[str]:
@@ -272,10 +265,7 @@ def load(run: Run) -> None:
     candidates = glob.glob(str(run.folder / "**" / "evaluations.npz"), recursive=True)
     if not candidates:
         return
-    path = max(candidates, key=os.path.getmtime)
-    data = np.load(path)
-    run.timesteps = np.asarray(data["timesteps"]).astype(int)
-    run.returns = np.asarray(data["results"], dtype=float).reshape(len(run.timesteps), -1)
+    run.timesteps, run.returns = read_evaluations(max(candidates, key=os.path.getmtime))
 
 
 def random_policy_return(env_id: str, episodes: int, seed: int = 0) -> tuple[float, float]:
@@ -310,20 +300,6 @@ def random_policy_return(env_id: str, episodes: int, seed: int = 0) -> tuple[flo
 # --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
-
-
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            cpu = names[0]
-    except OSError:
-        pass
-    import torch
-
-    return f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def concurrency_description(runs: list[Run]) -> str:
@@ -442,8 +418,7 @@ def summarize(runs: list[Run], envs: list[str], algos: list[str], args: argparse
 
 def rliable_section(runs: list[Run], envs: list[str], algos: list[str], args: argparse.Namespace) -> str:
     try:
-        from rliable import library as rly
-        from rliable import metrics
+        import rliable  # noqa: F401
     except ImportError:
         return "rliable is not installed: no IQM aggregate (`pip install rliable` and rerun with `--report-only`).\n"
     usable = [env for env in envs if env in NORMALIZATION]
@@ -474,12 +449,7 @@ def rliable_section(runs: list[Run], envs: list[str], algos: list[str], args: ar
             "aggregate (run more seeds or envs).\n"
         )
 
-    def aggregate(scores):
-        return np.array(
-            [metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores), metrics.aggregate_median(scores)]
-        )
-
-    estimates, intervals = rly.get_interval_estimates(score_dict, aggregate, reps=args.bootstrap_reps)
+    estimates, intervals = interval_estimates(score_dict, reps=args.bootstrap_reps, seed=None)
     described = []
     for env in usable:
         low, high = bounds[env]
