@@ -828,10 +828,11 @@ class IRIS(BaseAlgorithm):
         self._collection_state = self._burn_in_collection_state()
         callback.on_rollout_start()
         reward_sum = 0.0
-        for _ in range(n_vec_steps):
+        for step in range(n_vec_steps):
             actions = self._sample_collection_actions(self._last_episode_starts)
             try:
-                check_env_step(self._last_obs, None, self.num_timesteps)
+                if step == 0:
+                    check_env_step(self._last_obs, None, self.num_timesteps)  # e.g. the observations of a reset
                 new_obs, rewards, dones, infos = env.step(actions)
                 check_env_step(new_obs, rewards, self.num_timesteps + env.num_envs)
             except BaseException:
