@@ -143,10 +143,16 @@ def plan_epochs(
 def minimum_timesteps(plan: EpochPlan, final_training_epochs: Union[int, float], part: str) -> int:
     """The smallest ``total_timesteps`` whose call (from the same first epoch) trains ``part`` at least once."""
     needed = plan.start_after[part] + 1 - plan.first_epoch  # epochs this call must run
-    for collecting in range(1, max(needed, 1) + 1):
-        if collecting + final_epochs(final_training_epochs, collecting) >= needed:
-            return collecting * plan.steps_per_epoch
-    return max(needed, 1) * plan.steps_per_epoch
+    if isinstance(final_training_epochs, (float, np.floating)):
+        # collecting + round(fraction * collecting) is non-decreasing in collecting: start just below the
+        # real-valued solution and step up (a few iterations, also for warm-ups of 10**9 epochs).
+        estimate = int((needed - 0.5) / (1.0 + float(final_training_epochs))) - 1
+        collecting = max(estimate, 1)
+        while collecting + final_epochs(final_training_epochs, collecting) < needed:
+            collecting += 1
+    else:
+        collecting = max(needed - int(final_training_epochs), 1)
+    return collecting * plan.steps_per_epoch
 
 
 def unreachable_message(plan: EpochPlan, final_training_epochs: Union[int, float]) -> str:
