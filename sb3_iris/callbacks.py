@@ -529,9 +529,9 @@ class WorldModelEvalCallback(_IrisEpochCallback):
         rewards_t = torch.as_tensor(rewards, device=device).float()
         terminations_t = torch.as_tensor(terminations, device=device).bool()
         output = world_model(interleave_tokens(obs_tokens, actions_t))
-        labels_obs, labels_rewards, labels_ends = world_model_labels(obs_tokens, rewards_t, terminations_t, mask_t)
-        # As in WorldModel.compute_loss: the last action token would predict a frame beyond the segment.
-        logits_obs = output.logits_observations[:, :-1]
+        _, labels_rewards, labels_ends = world_model_labels(obs_tokens, rewards_t, terminations_t, mask_t)
+        # As in WorldModel.compute_loss (sequential or parallel observation prediction).
+        logits_obs, labels_obs = world_model.observation_predictions(output, obs_tokens, mask_t)
 
         metrics: dict[str, float] = {}
 

@@ -175,7 +175,19 @@ def world_model_step(
     :param defer_last_token: leave the last generated token out of the cache and return it as pending
     :param stepper: run every pass as a static-shape one-token pass through this stepper (K + 1 passes; no
         deferral); None: the dynamic cached passes
+
+    With ``parallel_observations`` the step is one pass (the current frame's tokens and the action together, the
+    next frame's K tokens sampled from the action token's output); ``pending_tokens`` and ``defer_last_token``
+    do not apply then.
     """
+    if world_model.config.parallel_observations:
+        if stepper is not None:
+            raise ValueError(
+                "a OneTokenStepper (compile_imagination) cannot run a world model with parallel_observations"
+            )
+        return _parallel_world_model_step(
+            world_model, cache, actions, current_obs_tokens, predict_next_obs, temperature
+        )
     if stepper is not None:
         # The one-token pass writes every token itself: nothing is deferred.
         pending_tokens, defer_last_token = None, False
@@ -203,6 +215,33 @@ def world_model_step(
     if defer_last_token:
         return WorldModelStep(rewards, ends, next_tokens, next_tokens[:, k - 1 :])
     _extend_cache(world_model, cache, next_tokens[:, k - 1 :], stepper, observation_logits=False, action_logits=False)
+    return WorldModelStep(rewards, ends, next_tokens, None)
+
+
+def _parallel_world_model_step(
+    world_model: WorldModel,
+    cache: KVCache,
+    actions: torch.Tensor,
+    current_obs_tokens: torch.Tensor,
+    predict_next_obs: bool,
+    temperature: float,
+) -> WorldModelStep:
+    """One imagined step of a world model with ``parallel_observations``: one pass for the whole step.
+
+    The current frame's K tokens (unless the cache already holds them, as after priming) and the action go
+    through the transformer together; the action token's output gives the reward, the end and all K tokens
+    of the next frame. The next frame enters the cache with the next step's action.
+    """
+    k = world_model.config.tokens_per_obs
+    needs_frame = cache.size % world_model.tokens_per_block == 0
+    if cache.size + (k if needs_frame else 0) + 1 > cache.max_tokens:
+        prime_cache(world_model, cache, current_obs_tokens)
+        needs_frame = False
+    step_tokens = torch.cat([current_obs_tokens, actions.unsqueeze(1)], 1) if needs_frame else actions.unsqueeze(1)
+    output = world_model(step_tokens, cache, compute_observation_logits=predict_next_obs)
+    rewards = sample_from_logits(output.logits_rewards[:, -1]).float() - 1.0
+    ends = sample_from_logits(output.logits_ends[:, -1]).bool()
+    next_tokens = sample_from_logits(output.logits_observations[:, -1], temperature) if predict_next_obs else None
     return WorldModelStep(rewards, ends, next_tokens, None)
 
 

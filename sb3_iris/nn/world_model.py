@@ -4,6 +4,11 @@ Heads (each Linear-ReLU-Linear), evaluated only at the positions where they are 
 - next observation token at every position except the last observation token of a block
   (observation token k predicts token k+1; the action token predicts token 0 of the next frame);
 - reward sign (3 classes: -1, 0, +1) and episode end (2 classes) at action positions.
+
+With ``parallel_observations`` (not in IRIS; as REM's parallel observation prediction and STORM's one
+prediction per frame), the action token predicts all K tokens of the next frame at once (one head output of
+K x V logits, the tokens sampled independently given the context): imagination then needs one transformer
+pass per step instead of K.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class WorldModelConfig:
     :param embed_dropout: dropout on embeddings
     :param residual_dropout: dropout on residual branches
     :param attention_dropout: dropout on attention weights
+    :param parallel_observations: predict all K tokens of the next frame from the action token in one pass
+        (not in IRIS, off by default)
     """
 
     obs_vocab_size: int = 512
@@ -46,6 +53,7 @@ class WorldModelConfig:
     embed_dropout: float = 0.1
     residual_dropout: float = 0.1
     attention_dropout: float = 0.1
+    parallel_observations: bool = False
 
     @property
     def tokens_per_block(self) -> int:
@@ -56,6 +64,10 @@ class WorldModelConfig:
         for name in ("obs_vocab_size", "num_actions", "tokens_per_obs", "max_blocks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not isinstance(self.parallel_observations, bool):
+            raise ValueError(
+                f"world_model_kwargs parallel_observations={self.parallel_observations!r} must be True or False"
+            )
         self.transformer_config().validate()
 
     def transformer_config(self) -> TransformerConfig:
@@ -75,7 +87,8 @@ class WorldModelOutput(NamedTuple):
     """Head outputs for a run of tokens.
 
     :param hidden: transformer output ``(B, T, D)``
-    :param logits_observations: ``(B, n_obs, V)`` at the positions ``obs_positions`` (relative to the run)
+    :param logits_observations: ``(B, n_obs, V)`` at the positions ``obs_positions`` (relative to the run);
+        with ``parallel_observations`` ``(B, n_act, K, V)`` at the action positions (the next frame's K tokens)
     :param logits_rewards: ``(B, n_act, 3)`` at ``action_positions``
     :param logits_ends: ``(B, n_act, 2)`` at ``action_positions``
     :param obs_positions: positions (in the run) of the observation logits
@@ -108,6 +121,16 @@ def interleave_tokens(obs_tokens: torch.Tensor, actions: torch.Tensor) -> torch.
     return torch.cat([obs_tokens, actions.unsqueeze(-1)], dim=-1).flatten(1)
 
 
+def observation_labels(obs_tokens: torch.Tensor, mask_padding: torch.Tensor) -> torch.Tensor:
+    """Targets ``(B, L*K - 1)`` of the sequential next-token head: the observation tokens shifted by one,
+    ``IGNORE_INDEX`` on padded steps.
+
+    :param obs_tokens: ``(B, L, K)``
+    :param mask_padding: ``(B, L)`` True for real steps
+    """
+    return obs_tokens.masked_fill(~mask_padding.unsqueeze(-1), IGNORE_INDEX).flatten(1)[:, 1:]
+
+
 def world_model_labels(
     obs_tokens: torch.Tensor,
     rewards: torch.Tensor,
@@ -124,7 +147,7 @@ def world_model_labels(
         reward labels ``(B, L)`` in {0, 1, 2} = sign + 1, end labels ``(B, L)`` in {0, 1}
     """
     padded = ~mask_padding
-    labels_obs = obs_tokens.masked_fill(padded.unsqueeze(-1), IGNORE_INDEX).flatten(1)[:, 1:]
+    labels_obs = observation_labels(obs_tokens, mask_padding)
     labels_rewards = (torch.sign(rewards).long() + 1).masked_fill(padded, IGNORE_INDEX)
     labels_ends = ends.long().masked_fill(padded, IGNORE_INDEX)
     return labels_obs, labels_rewards, labels_ends
@@ -145,7 +168,8 @@ class WorldModel(nn.Module):
         self.obs_embedding = nn.Embedding(config.obs_vocab_size, config.embed_dim)
         self.action_embedding = nn.Embedding(config.num_actions, config.embed_dim)
         self.position_embedding = nn.Embedding(transformer_config.max_tokens, config.embed_dim)
-        self.head_observations = _head(config.embed_dim, config.obs_vocab_size)
+        observation_outputs = config.obs_vocab_size * (config.tokens_per_obs if config.parallel_observations else 1)
+        self.head_observations = _head(config.embed_dim, observation_outputs)
         self.head_rewards = _head(config.embed_dim, 3)
         self.head_ends = _head(config.embed_dim, 2)
         self.apply(self._init_weights)
@@ -182,8 +206,11 @@ class WorldModel(nn.Module):
             positions = torch.arange(start, start + length, device=device)
             in_block = positions % self.tokens_per_block
             k = self.config.tokens_per_obs
-            obs_positions = torch.nonzero(in_block != k - 1).squeeze(1)
             action_positions = torch.nonzero(in_block == k).squeeze(1)
+            if self.config.parallel_observations:
+                obs_positions = action_positions  # the action token predicts the whole next frame
+            else:
+                obs_positions = torch.nonzero(in_block != k - 1).squeeze(1)
             self._position_cache[key] = (positions, obs_positions, action_positions)
         return self._position_cache[key]
 
@@ -228,6 +255,8 @@ class WorldModel(nn.Module):
         if compute_observation_logits and obs_positions.numel() > 0:
             selected = hidden if obs_positions.numel() == length else hidden[:, obs_positions]
             logits_obs = self.head_observations(selected)
+            if self.config.parallel_observations:
+                logits_obs = logits_obs.unflatten(-1, (self.config.tokens_per_obs, self.config.obs_vocab_size))
         logits_rewards, logits_ends = empty, empty
         if compute_action_logits and action_positions.numel() > 0:
             selected = hidden if action_positions.numel() == length else hidden[:, action_positions]
@@ -251,6 +280,8 @@ class WorldModel(nn.Module):
         :param values: ``(L, B, H, T_max, Dh)`` the cache's values
         :return: observation, reward and end logits ``(B, 1, .)``, new keys and values ``(L, B, H, 1, Dh)``
         """
+        if self.config.parallel_observations:
+            raise NotImplementedError("forward_one_token (compile_imagination) does not support parallel_observations")
         is_action = (position % self.tokens_per_block) == self.config.tokens_per_obs
         action_part = self.action_embedding(tokens.clamp(max=self.config.num_actions - 1))
         obs_part = self.obs_embedding(tokens.clamp(max=self.config.obs_vocab_size - 1))
@@ -281,10 +312,9 @@ class WorldModel(nn.Module):
         :param mask_padding: ``(B, L)`` True for real steps; padded steps are ignored in all three losses
         """
         output = self(interleave_tokens(obs_tokens, actions))
-        labels_obs, labels_rewards, labels_ends = world_model_labels(obs_tokens, rewards, ends, mask_padding)
-        # The last action token would predict the first token of a frame beyond the segment: dropped.
-        logits_obs = output.logits_observations[:, :-1]
-        loss_obs = F.cross_entropy(logits_obs.flatten(0, 1).float(), labels_obs.flatten(), ignore_index=IGNORE_INDEX)
+        _, labels_rewards, labels_ends = world_model_labels(obs_tokens, rewards, ends, mask_padding)
+        logits_obs, labels_obs = self.observation_predictions(output, obs_tokens, mask_padding)
+        loss_obs = F.cross_entropy(logits_obs.float(), labels_obs, ignore_index=IGNORE_INDEX)
         loss_rewards = F.cross_entropy(
             output.logits_rewards.flatten(0, 1).float(), labels_rewards.flatten(), ignore_index=IGNORE_INDEX
         )
@@ -292,6 +322,29 @@ class WorldModel(nn.Module):
             output.logits_ends.flatten(0, 1).float(), labels_ends.flatten(), ignore_index=IGNORE_INDEX
         )
         return WorldModelLosses(loss_obs + loss_rewards + loss_ends, loss_obs, loss_rewards, loss_ends)
+
+    def observation_predictions(
+        self, output: WorldModelOutput, obs_tokens: torch.Tensor, mask_padding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-observation-token logits of a full segment pass and their targets, flattened.
+
+        Sequential (IRIS): every observation token but the last of the segment predicts the next one. Parallel:
+        the action token of step t predicts the K tokens of step t + 1. Either way the last action token would
+        predict a frame beyond the segment and is dropped.
+
+        :param output: the output of ``self(interleave_tokens(obs_tokens, actions))``
+        :param obs_tokens: ``(B, L, K)``
+        :param mask_padding: ``(B, L)`` True for real steps
+        :return: logits ``(N, V)`` and labels ``(N,)`` (``IGNORE_INDEX`` where the target is padding)
+        """
+        vocab = self.config.obs_vocab_size
+        if self.config.parallel_observations:
+            labels = obs_tokens[:, 1:].masked_fill(~mask_padding[:, 1:].unsqueeze(-1), IGNORE_INDEX)
+            logits = output.logits_observations[:, :-1]
+        else:
+            labels = observation_labels(obs_tokens, mask_padding)
+            logits = output.logits_observations[:, :-1]
+        return logits.reshape(-1, vocab), labels.reshape(-1)
 
     def weight_decay_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: decay on Linear weights only (minGPT / IRIS)."""
