@@ -185,38 +185,85 @@ def test_gpus_per_run_rejects_bad_values(value, cluster):
 # --------------------------------------------------------------------------------------------------
 # Report from fake finished runs
 # --------------------------------------------------------------------------------------------------
-def test_report_table_and_aggregates_from_evaluations(tmp_path):
-    pytest.importorskip("rliable")
-    from sb3_iris.suite.report import write_report
-
-    config = _config(seeds=(0, 1, 2))
-    finals = {("Pong", 0): -21.0, ("Pong", 1): -15.0, ("Pong", 2): -18.0, ("Breakout", 0): 2.0, ("Breakout", 1): 5.0}
-    for run in config.runs(tmp_path):
+def _fake_finished_runs(out: Path, config: SuiteConfig, finals: dict, final_evaluations: bool) -> None:
+    """Finished runs whose last evaluation (at the budget) has mean return ``finals[(game, seed)]``, and whose final
+    evaluation (if ``final_evaluations``) has that + 100; runs missing from ``finals`` failed."""
+    for run in config.runs(out):
         folder = run.zoo_folder / "iris" / f"{run.env_id}_1"
         final = finals.get((run.game, run.seed))
-        if final is None:  # Breakout seed 2 did not finish: left out
+        if final is None:
             suite_runs.update_state(run, suite_runs.read_state(run), state="failed", error="boom")
             continue
         _evaluations(folder, [100, 300], [[0.0, 0.0], [final - 1, final + 1]])
+        if final_evaluations:
+            suite_runs.write_json(run.final_evaluation_path, {"mean_return": final + 100, "episodes": 2})
         attempt = {"zoo_folder": str(folder), "resumed_from_steps": 0}
         suite_runs.update_state(run, suite_runs.read_state(run), state="finished", attempts=[attempt])
+
+
+FINALS = {("Pong", 0): -21.0, ("Pong", 1): -15.0, ("Pong", 2): -18.0, ("Breakout", 0): 2.0, ("Breakout", 1): 5.0}
+
+
+def test_report_table_and_aggregates_from_the_last_evaluations(tmp_path):
+    pytest.importorskip("rliable")
+    from sb3_iris.suite.report import write_report
+
+    config = _config(seeds=(0, 1, 2), final_eval_episodes=0)
+    _fake_finished_runs(tmp_path, config, FINALS, final_evaluations=False)  # Breakout seed 2 failed: left out
     path = write_report(tmp_path, config, reps=100)
     text = path.read_text()
-    assert "| Pong | -18.0 ± 2.4 (3/3) | 14.6 ± 4.8 | -20.7 | 14.6 |" in text
-    assert "| Breakout | 3.5 ± 1.5 (2/3) | 83.7 ± 12.9 |" in text
+    assert "| Pong | n/a (0/3) | -18.0 ± 2.4 (3/3) | 14.6 ± 4.8 | -20.7 | 14.6 |" in text
+    assert "| Breakout | n/a (0/3) | 3.5 ± 1.5 (2/3) | 83.7 ± 12.9 |" in text
     with open(path.parent / "results.csv") as f:
         rows = {row["game"]: row for row in csv.DictReader(f)}
     assert float(rows["Pong"]["hns_ours"]) == pytest.approx(human_normalized_score(-18.0, "Pong"))
-    assert rows["Breakout"]["ours_scores"] == "0:2.0000;1:5.0000"
+    assert rows["Breakout"]["ours_scores"] == rows["Breakout"]["ours_budget_scores"] == "0:2.0000;1:5.0000"
     with open(path.parent / "aggregates.csv") as f:
         aggregates = {row["agent"]: row for row in csv.DictReader(f)}
     ours = aggregates["sb3-iris"]
     assert (ours["runs"], ours["games"], ours["superhuman_games"]) == ("2", "2", "0")  # 2 seeds of each game
-    hns = np.array([[human_normalized_score(s, g) for s in v] for g, v in (("Pong", (-21, -15)), ("Breakout", (2, 5)))])
+    pairs = (("Pong", (-21, -15)), ("Breakout", (2, 5)))
+    hns = np.array([[human_normalized_score(score, game) for score in scores] for game, scores in pairs])
     assert float(ours["mean"]) == pytest.approx(hns.mean())
     assert float(ours["mean_ci_low"]) <= float(ours["mean"]) <= float(ours["mean_ci_high"])
     assert aggregates["IRIS (published)"]["runs"] == "5"
     assert (path.parent / "performance_profile.png").stat().st_size > 1000
+
+
+def test_report_scores_the_final_evaluations_when_the_suite_makes_them(tmp_path):
+    pytest.importorskip("rliable")
+    from sb3_iris.suite.report import write_report
+
+    config = _config(seeds=(0, 1, 2))
+    assert config.final_eval_episodes == 100  # the default: the paper's score is the final model's
+    _fake_finished_runs(tmp_path, config, FINALS, final_evaluations=True)
+    text = write_report(tmp_path, config, reps=100).read_text()
+    assert "| Pong | 82.0 ± 2.4 (3/3) | -18.0 ± 2.4 (3/3) | 14.6 ± 4.8 |" in text
+    assert f"| {human_normalized_score(82.0, 'Pong'):.3f} | 1.000 |" in text
+    assert "100 episodes of the final model with the IRIS protocol" in text
+
+
+def test_trained_model_and_evaluation_command(tmp_path):
+    import zipfile
+
+    config = _config(final_eval_max_steps=50)
+    run = config.runs(tmp_path)[0]
+    folder = run.zoo_folder / "iris" / f"{run.env_id}_2"
+    folder.mkdir(parents=True)
+    assert suite_runs.trained_model(run, config.budget) is None
+    for steps in (200, 300):
+        with zipfile.ZipFile(folder / f"{run.env_id}.zip", "w") as archive:
+            archive.writestr("data", json.dumps({"num_timesteps": steps}))
+        found = suite_runs.trained_model(run, config.budget)
+        assert found == (folder / f"{run.env_id}.zip" if steps == 300 else None)
+    command = suite_runs.evaluation_command(config, run, "python", found, "cpu")
+    assert command[:4] == ["python", "-m", "sb3_iris.evaluate", str(found)]
+    assert " ".join(command[4:]) == "--env PongNoFrameskip-v4 --episodes 100 --seed 0 --device cpu --json " + (
+        "--max-episode-steps 50"
+    )
+    output = tmp_path / "eval.out"
+    output.write_text('noise\n{"mean_return": -20.5, "episodes": 100}\n')
+    assert suite_runs.parse_evaluation(output) == {"mean_return": -20.5, "episodes": 100}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,7 +277,7 @@ def _suite_command(out: Path) -> list[str]:
         sys.executable, "-m", "sb3_iris.suite", "run", "--out", str(out),
         "--games", "Pong", "Breakout", "--seeds", "0", "1",
         "--budget", str(BUDGET), "--save-freq", str(SAVE_FREQ), "--eval-freq", "100", "--eval-episodes", "1",
-        "--num-cpus", "2", "--max-retries", "0",
+        "--num-cpus", "2", "--max-retries", "0", "--final-eval-episodes", "1", "--final-eval-max-steps", "50",
         "--zoo-args", "--eval-env-kwargs max_num_frames_per_episode:200",
         "--params", *TINY_PONG, "n_steps_per_epoch:50",
     ]  # fmt: skip
@@ -330,10 +377,19 @@ def test_suite_resumes_an_interrupted_run_from_its_checkpoint(tmp_path):
             with np.load(last_attempt / "evaluations.npz") as data:
                 assert int(data["timesteps"][-1]) == BUDGET
                 finals.append(float(np.mean(data["results"][-1])))
-        assert float(rows[game]["ours_mean"]) == pytest.approx(np.mean(finals))
-        assert float(rows[game]["ours_std"]) == pytest.approx(np.std(finals))
+        budget_scores = ";".join(f"{seed}:{score:.4f}" for seed, score in enumerate(finals))
+        assert rows[game]["ours_budget_scores"] == budget_scores
+        # The primary score: the final evaluation of the final model (IRIS protocol, 1 episode of 50 steps here).
+        evaluations = [
+            json.loads(RunSpec(game, seed, f"{game}NoFrameskip-v4", out).final_evaluation_path.read_text())
+            for seed in (0, 1)
+        ]
+        assert [e["episodes"] for e in evaluations] == [1, 1] and all(e["mean_length"] <= 50 for e in evaluations)
+        scores = [e["mean_return"] for e in evaluations]
+        assert float(rows[game]["ours_mean"]) == pytest.approx(np.mean(scores))
+        assert float(rows[game]["ours_std"]) == pytest.approx(np.std(scores))
         reference = ATARI_SCORES[game]
-        expected_hns = (np.mean(finals) - reference.random) / (reference.human - reference.random)
+        expected_hns = (np.mean(scores) - reference.random) / (reference.human - reference.random)
         assert float(rows[game]["hns_ours"]) == pytest.approx(expected_hns)
         assert float(rows[game]["iris_published"]) == IRIS_PAPER_SCORES[game]
     assert "| sb3-iris | 2 x 2 |" in (out / "report" / "results.md").read_text()

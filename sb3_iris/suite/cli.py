@@ -35,6 +35,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-freq", type=int, default=_DEFAULTS.eval_freq, help="env steps between evaluations")
     run.add_argument("--eval-episodes", type=int, default=_DEFAULTS.eval_episodes)
     run.add_argument(
+        "--final-eval-episodes",
+        type=int,
+        default=_DEFAULTS.final_eval_episodes,
+        help="episodes of the final evaluation with the IRIS protocol (python -m sb3_iris.evaluate); 0 skips it",
+    )
+    run.add_argument(
+        "--final-eval-max-steps", type=int, default=0, help="cut final-evaluation episodes after this many steps"
+    )
+    run.add_argument(
         "--params", nargs="+", default=[], metavar="KEY:VALUE", help="IRIS hyperparameters (rl_zoo3 -params)"
     )
     run.add_argument(
@@ -89,6 +98,8 @@ def _run(args: argparse.Namespace) -> int:
         save_freq=args.save_freq,
         eval_freq=args.eval_freq,
         eval_episodes=args.eval_episodes,
+        final_eval_episodes=args.final_eval_episodes,
+        final_eval_max_steps=args.final_eval_max_steps,
         params=tuple(args.params),
         zoo_args=tuple(shlex.split(args.zoo_args)),
     )

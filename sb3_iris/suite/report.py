@@ -1,10 +1,13 @@
 """``report``: our scores next to the IRIS paper's, per game and aggregated (markdown, CSV, performance profile).
 
-Per game: ours (mean ± std over the finished seeds of the last evaluation's mean return, i.e. the evaluation at
-the budget), the published IRIS score (paper Table 1, with the std over its 5 seeds), random, human and the
-human-normalised scores (HNS). Then the IQM, mean and median of the HNS with rliable's 95% stratified-bootstrap
-confidence intervals, for our runs and for the published per-seed scores of the same games, the number of
-superhuman games (mean HNS >= 1) and a performance-profile plot (fraction of runs with HNS above tau).
+Per game: ours (mean ± std over the finished seeds) twice: the last ``EvalCallback`` evaluation at the budget
+(``evaluations.npz``) and, when the suite has ``final_eval_episodes``, the final evaluation of the final model with
+the IRIS protocol (``final_evaluation.json``; it sees the ``final_training_epochs`` that follow the last
+collection, as the paper's score does, and is then the score of the HNS columns and the aggregates); the published
+IRIS score (paper Table 1, with the std over its 5 seeds), random, human and the human-normalised scores (HNS).
+Then the IQM, mean and median of the HNS with rliable's 95% stratified-bootstrap confidence intervals, for our
+runs and for the published per-seed scores of the same games, the number of superhuman games (mean HNS >= 1) and
+a performance-profile plot (fraction of runs with HNS above tau).
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ PUBLISHED = "IRIS (published)"
 
 @dataclass
 class GameResult:
-    """Final scores of one game's finished runs (by seed), and how many runs it has in all."""
+    """Scores of one game's finished runs by seed: ``scores`` (the primary ones, for the HNS and aggregates),
+    ``budget_scores`` (last ``EvalCallback`` evaluation) and ``final_scores`` (final evaluation, if any)."""
 
     game: str
     scores: dict[int, float]
     final_steps: dict[int, int]
     n_runs: int
+    budget_scores: dict[int, float]
+    final_scores: dict[int, float]
 
     @property
     def values(self) -> np.ndarray:
@@ -56,10 +62,11 @@ class GameResult:
 
 
 def collect_results(config: SuiteConfig, out: Path) -> list[GameResult]:
-    """Per game, the final score of every finished run: the mean return of its last evaluation."""
+    """Per game, the scores of every finished run: the mean return of its last evaluation at the budget, and of
+    its final evaluation when the suite makes one (then the primary score)."""
     results = []
     for game in config.games:
-        scores, steps = {}, {}
+        budget_scores, final_scores, steps = {}, {}, {}
         for run in config.runs(out):
             if run.game != game:
                 continue
@@ -68,10 +75,21 @@ def collect_results(config: SuiteConfig, out: Path) -> list[GameResult]:
                 continue
             timesteps, returns = suite_runs.stitched_evaluations(run, state)
             if len(timesteps):
-                scores[run.seed] = float(returns[-1].mean())
+                budget_scores[run.seed] = float(returns[-1].mean())
                 steps[run.seed] = int(timesteps[-1])
-        results.append(GameResult(game, scores, steps, len(config.seeds)))
+            final = suite_runs.read_final_evaluation(run)
+            if final is not None:
+                final_scores[run.seed] = float(final["mean_return"])
+        scores = final_scores if config.final_eval_episodes > 0 else budget_scores
+        results.append(GameResult(game, scores, steps, len(config.seeds), budget_scores, final_scores))
     return results
+
+
+def _mean_std(scores: dict[int, float], n_runs: int) -> str:
+    if not scores:
+        return f"n/a (0/{n_runs})"
+    values = np.array(list(scores.values()))
+    return f"{values.mean():.1f} ± {values.std():.1f} ({len(scores)}/{n_runs})"
 
 
 def _hns_matrix(columns: list[np.ndarray], games: list[str]) -> Optional[np.ndarray]:
@@ -90,9 +108,9 @@ def _fmt(value: float, digits: int = 1) -> str:
 
 def _per_game(results: list[GameResult]) -> tuple[list[str], list[dict]]:
     lines = [
-        "| game | ours (mean ± std, seeds) | IRIS published (mean ± std, 5 seeds) | random | human | HNS ours "
-        "| HNS published |",
-        "|---|---|---|---|---|---|---|",
+        "| game | ours, final evaluation | ours, last evaluation at the budget | IRIS published (5 seeds) | random "
+        "| human | HNS ours | HNS published |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     rows = []
     for result in results:
@@ -100,9 +118,9 @@ def _per_game(results: list[GameResult]) -> tuple[list[str], list[dict]]:
         published = np.array(IRIS_PUBLISHED_RUNS[result.game])
         hns_ours = human_normalized_score(result.mean, result.game) if result.scores else float("nan")
         hns_published = human_normalized_score(IRIS_PAPER_SCORES[result.game], result.game)
-        ours = f"{_fmt(result.mean)} ± {_fmt(result.std)} ({len(result.scores)}/{result.n_runs})"
         lines.append(
-            f"| {result.game} | {ours if result.scores else f'n/a (0/{result.n_runs})'} | "
+            f"| {result.game} | {_mean_std(result.final_scores, result.n_runs)} | "
+            f"{_mean_std(result.budget_scores, result.n_runs)} | "
             f"{IRIS_PAPER_SCORES[result.game]:.1f} ± {published.std():.1f} | {reference.random:g} | "
             f"{reference.human:g} | {_fmt(hns_ours, 3)} | {hns_published:.3f} |"
         )
@@ -114,6 +132,8 @@ def _per_game(results: list[GameResult]) -> tuple[list[str], list[dict]]:
                 "ours_seeds_finished": len(result.scores),
                 "ours_seeds_total": result.n_runs,
                 "ours_scores": ";".join(f"{seed}:{score:.4f}" for seed, score in sorted(result.scores.items())),
+                "ours_budget_scores": ";".join(f"{k}:{v:.4f}" for k, v in sorted(result.budget_scores.items())),
+                "ours_final_scores": ";".join(f"{k}:{v:.4f}" for k, v in sorted(result.final_scores.items())),
                 "ours_final_steps": ";".join(f"{seed}:{s}" for seed, s in sorted(result.final_steps.items())),
                 "iris_published": IRIS_PAPER_SCORES[result.game],
                 "iris_published_std": float(published.std()),
@@ -236,10 +256,20 @@ def write_report(out: Path, config: SuiteConfig, reps: int = 2000, folder: Optio
         "",
         f"Runs: {finished} of {total} finished ({len(config.games)} games x {len(config.seeds)} seeds "
         f"{list(config.seeds)}), {config.budget} env steps each. Machine of the report: {machine_description()}.",
-        f"Ours: per seed, the mean return of the last evaluation (RL Zoo `EvalCallback`, {config.eval_episodes} "
-        f"episodes, every {config.eval_freq} env steps, IRIS evaluation settings), i.e. at the budget; runs not "
-        "finished are left out. Published: " + IRIS_SCORES_SOURCE + ". Random and human: `sb3_iris.atari_scores` "
-        "(DQN-era references, as in the IRIS paper). HNS = (score - random) / (human - random).",
+        "Ours, final evaluation: per seed, the mean return of "
+        + (
+            f"{config.final_eval_episodes} episodes of the final model with the IRIS protocol "
+            "(`python -m sb3_iris.evaluate`: temperature 0.5, 1 no-op, no life-loss ends, 108 000-frame limit"
+            + (f", episodes cut at {config.final_eval_max_steps} steps" if config.final_eval_max_steps else "")
+            + "); the HNS columns and the aggregates use it. "
+            if config.final_eval_episodes
+            else "(not made: final_eval_episodes 0; the HNS columns and aggregates use the last evaluation). "
+        )
+        + f"Ours, last evaluation at the budget: RL Zoo's `EvalCallback` ({config.eval_episodes} episodes every "
+        f"{config.eval_freq} env steps, actions sampled at temperature 1, IRIS evaluation settings), before the "
+        "`final_training_epochs`. Runs not finished are left out. Published: " + IRIS_SCORES_SOURCE + ". Random "
+        "and human: `sb3_iris.atari_scores` (the references of the IRIS paper). "
+        "HNS = (score - random) / (human - random).",
         "",
         *table,
         "",

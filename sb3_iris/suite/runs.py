@@ -37,11 +37,15 @@ __all__ = [
     "SuiteConfig",
     "build_command",
     "checkpoints",
+    "evaluation_command",
     "final_steps",
     "logged_steps",
+    "parse_evaluation",
+    "read_final_evaluation",
     "read_state",
     "resume_checkpoint",
     "stitched_evaluations",
+    "trained_model",
     "write_json",
 ]
 
@@ -90,6 +94,9 @@ class SuiteConfig:
     :param params: IRIS hyperparameters on top of the yml entry (``-params key:value ...``)
     :param zoo_args: other rl_zoo3.train arguments (e.g. ``--conf-file my.yml``), not those the suite sets
     :param env_suffix: env id of a game = name + suffix
+    :param final_eval_episodes: episodes of the final evaluation of the final model with the IRIS protocol
+        (``python -m sb3_iris.evaluate``: temperature 0.5, IRIS Atari evaluation settings); 0 skips it
+    :param final_eval_max_steps: agent steps after which a final-evaluation episode is cut (0: no cut)
     """
 
     games: tuple[str, ...] = ATARI_100K_GAMES
@@ -101,6 +108,8 @@ class SuiteConfig:
     params: tuple[str, ...] = ()
     zoo_args: tuple[str, ...] = ()
     env_suffix: str = "NoFrameskip-v4"
+    final_eval_episodes: int = 100
+    final_eval_max_steps: int = 0
 
     def __post_init__(self) -> None:
         games = []
@@ -120,6 +129,9 @@ class SuiteConfig:
         object.__setattr__(self, "seeds", seeds)
         for name in ("budget", "save_freq", "eval_freq", "eval_episodes"):
             _positive_int(name, getattr(self, name))
+        for name in ("final_eval_episodes", "final_eval_max_steps"):
+            if getattr(self, name) != 0:
+                _positive_int(name, getattr(self, name))
         if self.save_freq >= self.budget:
             raise ValueError(
                 f"save_freq must be below budget ({self.budget}) so that a run has a checkpoint to resume from, "
@@ -192,6 +204,11 @@ class RunSpec:
     @property
     def state_path(self) -> Path:
         return self.folder / "state.json"
+
+    @property
+    def final_evaluation_path(self) -> Path:
+        """The final evaluation's summary (``python -m sb3_iris.evaluate --json``)."""
+        return self.folder / "final_evaluation.json"
 
     def attempt_log(self, number: int) -> Path:
         return self.folder / f"attempt{number}.log"
@@ -268,6 +285,43 @@ def final_steps(run: RunSpec, folder: Path) -> Optional[int]:
     """Env steps of the final model RL Zoo saved in an attempt folder (``<EnvId>.zip``), None if there is none."""
     path = folder / f"{run.env_id}.zip"
     return model_steps(path) if path.is_file() else None
+
+
+def trained_model(run: RunSpec, budget: int) -> Optional[Path]:
+    """A final model of the run at the budget, saved by any attempt (None if training is not done)."""
+    for folder in reversed(run.attempt_folders().values()):
+        steps = final_steps(run, folder)
+        if steps is not None and steps >= budget:
+            return folder / f"{run.env_id}.zip"
+    return None
+
+
+def evaluation_command(config: SuiteConfig, run: RunSpec, python: str, model: Path, device: str) -> list[str]:
+    """The final evaluation of a trained model with the IRIS protocol (``python -m sb3_iris.evaluate --json``)."""
+    command = [python, "-m", "sb3_iris.evaluate", str(model), "--env", run.env_id]
+    command += ["--episodes", str(config.final_eval_episodes), "--seed", str(run.seed), "--device", device, "--json"]
+    if config.final_eval_max_steps:
+        command += ["--max-episode-steps", str(config.final_eval_max_steps)]
+    return command
+
+
+def parse_evaluation(output: Path) -> Optional[dict[str, Any]]:
+    """The JSON summary ``sb3_iris.evaluate --json`` printed (its last line), None if there is none."""
+    if not output.is_file():
+        return None
+    for line in reversed(output.read_text().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def read_final_evaluation(run: RunSpec) -> Optional[dict[str, Any]]:
+    """The run's final evaluation summary, None if it has none."""
+    path = run.final_evaluation_path
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def logged_steps(log: Path) -> Optional[int]:

@@ -100,7 +100,11 @@ def _stop(process: subprocess.Popen) -> None:
 def run_attempt(
     config_json: dict[str, Any], game: str, seed: int, out: str, entry_point: list[str], device: str, threads: int
 ) -> dict[str, Any]:
-    """One attempt of one run (the body of the Ray task): resume from the latest checkpoint, train, record.
+    """One attempt of one run (the body of the Ray task): resume from the latest checkpoint, train, evaluate.
+
+    Training is skipped when an earlier attempt already saved the final model (only its final evaluation failed
+    or was interrupted); the final evaluation (``final_eval_episodes``) runs ``python -m sb3_iris.evaluate`` on
+    the final model and writes ``final_evaluation.json``.
 
     :param config_json: the suite's :class:`SuiteConfig` as JSON
     :param game: the run's game
@@ -109,24 +113,17 @@ def run_attempt(
     :param entry_point: interpreter arguments of rl_zoo3.train without the interpreter (``["-m", "rl_zoo3.train"]``)
     :param device: torch device of the run
     :param threads: torch threads of the run
-    :return: ``state`` (``finished`` / ``failed`` / ``interrupted``), ``steps`` and ``error``
+    :return: ``state`` (``finished`` / ``failed``), ``steps`` and ``error``; raises when cancelled (``interrupted``)
     """
     config = SuiteConfig.from_json(config_json)
     run = RunSpec(game, seed, config.env_id(game), Path(out))
     state = suite_runs.read_state(run)
     attempts = list(state.get("attempts", []))
-    damaged = frozenset(a["damaged_checkpoint"] for a in attempts if a.get("damaged_checkpoint"))
-    resume = suite_runs.resume_checkpoint(run, config.budget, damaged)
     number = len(attempts) + 1
-    command = suite_runs.build_command(config, run, [sys.executable, *entry_point], resume, device, threads)
     log = run.attempt_log(number)
     attempt: dict[str, Any] = {
         "number": number,
         "host": socket.gethostname(),
-        "command": suite_runs.display_command(command),
-        "resumed_from": str(resume.model) if resume else None,
-        "resumed_from_steps": resume.steps if resume else 0,
-        "zoo_folder": str(run.next_attempt_folder()),
         "log": str(log),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "device": device,
@@ -134,52 +131,110 @@ def run_attempt(
     }
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     run.folder.mkdir(parents=True, exist_ok=True)
+    trained = suite_runs.trained_model(run, config.budget)
     start = time.perf_counter()
     with open(log, "w") as log_file:
-        log_file.write(f"# {attempt['command']}\n")
-        log_file.flush()
+        attempt_process = _AttemptProcess(run, config, state, attempts, attempt, log_file, env, start)
+        if trained is None:
+            damaged = frozenset(a["damaged_checkpoint"] for a in attempts if a.get("damaged_checkpoint"))
+            resume = suite_runs.resume_checkpoint(run, config.budget, damaged)
+            command = suite_runs.build_command(config, run, [sys.executable, *entry_point], resume, device, threads)
+            attempt.update(
+                command=suite_runs.display_command(command),
+                resumed_from=str(resume.model) if resume else None,
+                resumed_from_steps=resume.steps if resume else 0,
+                zoo_folder=str(run.next_attempt_folder()),
+            )
+            attempt["returncode"] = attempt_process.run(command, log_file)
+            attempt["wall_seconds"] = time.perf_counter() - start
+            if not _finished(run, attempt, config.budget):
+                return attempt_process.fail(_training_error(run, attempt, config.budget, log))
+            trained = Path(attempt["zoo_folder"]) / f"{run.env_id}.zip"
+        else:
+            attempt["trained_model"] = str(trained)  # trained by an earlier attempt: only the evaluation is left
+        if config.final_eval_episodes > 0 and not run.final_evaluation_path.is_file():
+            command = suite_runs.evaluation_command(config, run, sys.executable, trained, device)
+            attempt["evaluation_command"] = suite_runs.display_command(command)
+            output = run.folder / "final_evaluation.out"
+            with open(output, "w") as stdout:
+                attempt["evaluation_returncode"] = attempt_process.run(command, stdout)
+            attempt["wall_seconds"] = time.perf_counter() - start
+            result = suite_runs.parse_evaluation(output)
+            if attempt["evaluation_returncode"] != 0 or result is None:
+                error = f"attempt {number}: the final evaluation exited with status {attempt['evaluation_returncode']}"
+                return attempt_process.fail(f"{error}; end of {log}:\n{suite_runs.log_tail(log)}")
+            suite_runs.write_json(run.final_evaluation_path, result)
+    suite_runs.update_state(
+        run, state, state="finished", attempts=[*attempts, attempt], steps_done=config.budget, error=None
+    )
+    return {"state": "finished", "steps": config.budget, "error": None}
+
+
+class _AttemptProcess:
+    """Runs an attempt's subprocesses (training, evaluation) and records the attempt when it stops or fails."""
+
+    def __init__(
+        self,
+        run: RunSpec,
+        config: SuiteConfig,
+        state: dict[str, Any],
+        attempts: list[dict[str, Any]],
+        attempt: dict[str, Any],
+        log_file: Any,
+        env: dict[str, str],
+        start: float,
+    ) -> None:
+        self.run_spec, self.config, self.state, self.attempts, self.attempt = run, config, state, attempts, attempt
+        self.log_file, self.env, self.start = log_file, env, start
+
+    def run(self, command: list[str], stdout: Any) -> int:
+        """Start ``command`` (stderr to the attempt log) and wait for it; on cancellation stop it and re-raise."""
+        self.log_file.write(f"# {suite_runs.display_command(command)}\n")
+        self.log_file.flush()
         process = subprocess.Popen(
             command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
+            stdout=stdout,
+            stderr=self.log_file,
+            env=self.env,
             start_new_session=True,  # a terminal's Ctrl-C reaches the driver, which stops the run itself
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
-        attempt["pid"] = process.pid
-        state = suite_runs.update_state(run, state, state="running", attempts=[*attempts, attempt], error=None)
+        self.attempt["pid"] = process.pid
+        self.state = suite_runs.update_state(
+            self.run_spec, self.state, state="running", attempts=[*self.attempts, self.attempt], error=None
+        )
         try:
-            returncode = _wait(process)
+            return _wait(process)
         except BaseException:  # Ray's cancellation (KeyboardInterrupt), SystemExit
             _stop(process)
-            attempt.update(returncode=process.returncode, wall_seconds=time.perf_counter() - start)
-            finished = _finished(run, attempt, config.budget)
-            steps = config.budget if finished else _steps_done(run, attempt, log)
+            self.attempt.update(returncode=process.returncode, wall_seconds=time.perf_counter() - self.start)
+            run, budget = self.run_spec, self.config.budget
+            trained = "zoo_folder" not in self.attempt or _finished(run, self.attempt, budget)
+            steps = budget if trained else _steps_done(run, self.attempt, Path(self.attempt["log"]))
             suite_runs.update_state(
-                run,
-                state,
-                state="finished" if finished else "interrupted",
-                attempts=[*attempts, attempt],
-                steps_done=steps,
-                error=None,
+                run, self.state, state="interrupted", attempts=[*self.attempts, self.attempt], steps_done=steps
             )
             raise
-    attempt.update(returncode=returncode, wall_seconds=time.perf_counter() - start)
-    finished = _finished(run, attempt, config.budget)
-    final = suite_runs.final_steps(run, Path(attempt["zoo_folder"]))
-    steps = final if finished else _steps_done(run, attempt, log)
-    error = None
-    if not finished:
-        error = f"attempt {number} exited with status {returncode}"
-        if returncode == 0:
-            error += f" after {steps} of {config.budget} env steps (the training process stopped early)"
-        error += f"; end of {log}:\n{suite_runs.log_tail(log)}"
-        attempt["damaged_checkpoint"] = suite_runs.damaged_checkpoint(attempt, log)
-    result_state = "finished" if finished else "failed"
-    suite_runs.update_state(
-        run, state, state=result_state, attempts=[*attempts, attempt], steps_done=steps, error=error
-    )
-    return {"state": result_state, "steps": steps, "error": error}
+
+    def fail(self, error: str) -> dict[str, Any]:
+        """Record the attempt as failed with ``error``."""
+        run, log = self.run_spec, Path(self.attempt["log"])
+        if "zoo_folder" in self.attempt:
+            self.attempt["damaged_checkpoint"] = suite_runs.damaged_checkpoint(self.attempt, log)
+        trained = suite_runs.trained_model(run, self.config.budget) is not None
+        steps = self.config.budget if trained else _steps_done(run, self.attempt, log)
+        suite_runs.update_state(
+            run, self.state, state="failed", attempts=[*self.attempts, self.attempt], steps_done=steps, error=error
+        )
+        return {"state": "failed", "steps": steps, "error": error}
+
+
+def _training_error(run: RunSpec, attempt: dict[str, Any], budget: int, log: Path) -> str:
+    steps = _steps_done(run, attempt, log)
+    error = f"attempt {attempt['number']} exited with status {attempt['returncode']}"
+    if attempt["returncode"] == 0:
+        error += f" after {steps} of {budget} env steps (the training process stopped early)"
+    return f"{error}; end of {log}:\n{suite_runs.log_tail(log)}"
 
 
 def _wait(process: subprocess.Popen) -> int:
