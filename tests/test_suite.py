@@ -394,3 +394,29 @@ def test_suite_resumes_an_interrupted_run_from_its_checkpoint(tmp_path):
         assert float(rows[game]["iris_published"]) == IRIS_PAPER_SCORES[game]
     assert "| sb3-iris | 2 x 2 |" in (out / "report" / "results.md").read_text()
     assert (out / "report" / "performance_profile.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_run_that_keeps_failing_is_retried_and_shows_its_error(tmp_path):
+    """About 40 s: a Ray instance and two attempts of a run whose hyperparameters IRIS refuses."""
+    pytest.importorskip("ray")
+    pytest.importorskip("ale_py")
+    _require_installed_hook()
+    out = tmp_path / "suite"
+    command = [
+        sys.executable, "-m", "sb3_iris.suite", "run", "--out", str(out), "--games", "Pong", "--seeds", "3",
+        "--budget", "200", "--save-freq", "100", "--num-cpus", "1", "--max-retries", "1",
+        "--params", *TINY_PONG, "n_steps_per_epoch:-5",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Pong seed 3: failed after 2 attempts" in result.stdout, result.stdout
+    run = RunSpec("Pong", 3, "PongNoFrameskip-v4", out)
+    state = suite_runs.read_state(run)
+    assert state["state"] == "failed" and len(state["attempts"]) == 2
+    assert all(a["returncode"] not in (0, None) and a["resumed_from"] is None for a in state["attempts"])
+    status = subprocess.run(
+        [sys.executable, "-m", "sb3_iris.suite", "status", "--out", str(out)],
+        env=_env(), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "failed" in status.stdout and "Pong seed 3 failed: attempt 2 exited with status" in status.stdout
+    assert "n_steps_per_epoch" in status.stdout  # the end of the log: IRIS's error names the argument

@@ -31,6 +31,7 @@ from sb3_iris.suite.runs import RunSpec, SuiteConfig
 __all__ = ["SuiteLock", "resolve_gpus_per_run", "run_attempt", "run_suite"]
 
 _STOP_GRACE_SECONDS = 20.0
+_LOCAL_RAY_STARTS = 3
 
 
 class SuiteLock:
@@ -288,15 +289,24 @@ def _init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optiona
         raise ImportError('the suite runs on Ray: pip install "sb3-iris[cluster]"') from None
     if address is not None and (num_cpus is not None or num_gpus is not None):
         raise ValueError("--num-cpus / --num-gpus size a local Ray instance; with --address the cluster has its own")
-    ray.init(
-        address=address,
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    return ray
+    for attempt in range(1, _LOCAL_RAY_STARTS + 1):
+        try:
+            ray.init(
+                address=address,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            return ray
+        except Exception as exc:
+            # Ray gives a new local node 30 s to register; on an overloaded machine it can need more.
+            if address is not None or "timed out during startup" not in str(exc) or attempt == _LOCAL_RAY_STARTS:
+                raise
+            print(f"suite: the local Ray instance did not start in time ({exc}); starting it again", flush=True)
+            ray.shutdown()
+    raise AssertionError("unreachable")
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
