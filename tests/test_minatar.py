@@ -77,11 +77,26 @@ def _yml_entry() -> dict:
 
 def test_yml_entry_builds_a_16_token_iris():
     entry = _yml_entry()
-    assert entry["env_wrapper"] == ["sb3_iris.minatar.MinAtarImageWrapper"]
-    kwargs = {k: v for k, v in entry.items() if k not in ("n_timesteps", "policy", "env_wrapper", "n_envs")}
-    model = IRIS(entry["policy"], MinAtarImageWrapper(gym.make(BREAKOUT)), device="cpu", **kwargs)
+    ((wrapper, wrapper_kwargs),) = entry["env_wrapper"][0].items()
+    assert wrapper == "sb3_iris.minatar.MinAtarImageWrapper"
+    kwargs = {k: v for k, v in entry.items() if k not in ("n_timesteps", "policy", "env_wrapper", "n_envs", "callback")}
+    env = MinAtarImageWrapper(gym.make(BREAKOUT), **wrapper_kwargs)
+    model = IRIS(entry["policy"], env, device="cpu", **kwargs)
     assert model.policy.tokenizer.tokens_per_obs == 16
     assert model.imagination_horizon <= model.policy.world_model.config.max_blocks
+    assert model.policy.world_model.config.parallel_observations
+
+
+def test_one_minatar_entry_serves_every_game():
+    entries = yaml.safe_load((REPO_ROOT / "hyperparams" / "iris.yml").read_text())
+    games = [key for key in entries if key.startswith("MinAtar/")]
+    assert len(games) == 5
+    for game in games:
+        assert entries[game] == entries[BREAKOUT], f"the {game} entry differs from the {BREAKOUT} entry"
+    for algo in ("ppo", "dqn"):
+        baselines = yaml.safe_load((REPO_ROOT / "hyperparams" / "baselines" / f"{algo}.yml").read_text())
+        assert {key for key in baselines if key.startswith("MinAtar/")} == set(games)
+        assert all(baselines[game] == baselines[BREAKOUT] for game in games)
 
 
 def test_tiny_iris_cnn_policy_trains_on_wrapped_breakout():
