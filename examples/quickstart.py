@@ -116,7 +116,8 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--save", default="iris_colour_match", help="where to save the trained model (.zip)")
-    parser.add_argument("--verbose", type=int, default=0)
+    parser.add_argument("--verbose", type=int, default=0, help="1: the schedule, per-epoch lines and SB3's log tables")
+    parser.add_argument("--no-progress-bar", action="store_true", help="no tqdm bar over the epochs (stderr)")
     args = parser.parse_args()
 
     model = IRIS(
@@ -125,7 +126,7 @@ def main() -> None:
     before = evaluate(model, args.eval_episodes, args.seed + 1000)
     print(f"before training: mean evaluation return {before:.1f} (random ~10, perfect 20)", flush=True)
     start = time.perf_counter()
-    model.learn(args.timesteps)
+    model.learn(args.timesteps, progress_bar=not args.no_progress_bar)
     seconds = time.perf_counter() - start
     after = evaluate(model, args.eval_episodes, args.seed + 1000)
     print(f"after {args.timesteps} steps ({seconds:.0f} s): mean evaluation return {after:.1f}")

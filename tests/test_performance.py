@@ -69,6 +69,8 @@ def test_token_cache_gives_the_same_training_as_recomputing():
         model = IRIS("CnnPolicy", ColorBoxEnv(), **kwargs)
         model.learn(3 * model.n_steps_per_epoch)
         results.append(flat_parameters(model))
+    # Tokens are argmins over codebook distances: equal whenever no two codes are within float rounding of a frame's
+    # code, so the world model then sees the same batches (the tokenizer's own batches do not use the cache).
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-6)
 
 
@@ -302,7 +304,10 @@ def test_reconstruction_cache_gives_the_same_training_as_decoding():
         results.append(flat_parameters(model))
         if cache_gb > 0:
             assert len(model._reconstruction_cache) > 0
-    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-6)
+    # The cache decodes the frames it misses in batches of other sizes than the plain path, and a CPU's convolution
+    # kernels round differently by batch shape (reconstructions within 1e-5, see below): the actor-critic then
+    # trains on inputs equal up to float rounding, and its parameters agree to float rounding, not bit for bit.
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
 
 
 def test_reconstruction_cache_respects_its_budget_and_returns_decoded_frames():
