@@ -57,6 +57,6 @@ def test_readme_block_runs(line, code, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MPLBACKEND="Agg", SDL_VIDEODRIVER="dummy")
     env["PYTHONPATH"] = os.pathsep.join([str(README.parent), env.get("PYTHONPATH", "")])
     result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800
     )
     assert result.returncode == 0, f"README.md line {line}:\n{code}\n{(result.stdout + result.stderr)[-4000:]}"

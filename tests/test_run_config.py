@@ -40,7 +40,7 @@ def run_module(module: str, *args: str, cwd: Path, expect: int = 0) -> str:
     env.update(PYTHONUNBUFFERED="1", SDL_VIDEODRIVER="dummy", MPLBACKEND="Agg", OMP_NUM_THREADS="1")
     env.pop("SB3_IRIS_NO_ZOO_HOOK", None)
     command = [sys.executable, "-m", module, *args]
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
     output = result.stdout + result.stderr
     assert result.returncode == expect, f"{' '.join(command)}\nexit status {result.returncode}\n{output[-6000:]}"
     return output
