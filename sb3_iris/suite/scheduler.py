@@ -14,6 +14,7 @@ The suite folder must be on a filesystem that every node sees (NFS, Lustre, ...)
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import math
 import os
@@ -306,7 +307,28 @@ def _init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optiona
                 raise
             print(f"suite: the local Ray instance did not start in time ({exc}); starting it again", flush=True)
             ray.shutdown()
+            _kill_ray_children()
     raise AssertionError("unreachable")
+
+
+def _kill_ray_children() -> None:
+    """Linux: SIGKILL the Ray processes (GCS, raylet, agents) that a failed local start left as children of this
+    process; ``ray.shutdown`` does not know them, and they would compete with the next start."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return
+    me = os.getpid()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == me and b"/ray/" in command:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
