@@ -25,7 +25,9 @@ VOCAB = 16
 ACTIONS = 3
 
 
-def tiny_world_model(tokens_per_obs: int, max_blocks: int = 4, vocab: int = VOCAB, actions: int = ACTIONS):
+def tiny_world_model(
+    tokens_per_obs: int, max_blocks: int = 4, vocab: int = VOCAB, actions: int = ACTIONS, parallel: bool = False
+):
     return WorldModel(
         WorldModelConfig(
             obs_vocab_size=vocab,
@@ -38,6 +40,7 @@ def tiny_world_model(tokens_per_obs: int, max_blocks: int = 4, vocab: int = VOCA
             embed_dropout=0.0,
             residual_dropout=0.0,
             attention_dropout=0.0,
+            parallel_observations=parallel,
         )
     )
 

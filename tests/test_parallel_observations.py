@@ -18,26 +18,12 @@ from sb3_iris import IRIS
 from sb3_iris.imagination import OneTokenStepper, prime_cache, sample_from_logits, world_model_step
 from sb3_iris.nn.world_model import WorldModel, WorldModelConfig, interleave_tokens
 from tests.conftest import ColorBoxEnv, tiny_iris_kwargs
-
-VOCAB, ACTIONS = 16, 3
+from tests.test_imagination import ACTIONS, VOCAB, tiny_world_model
 
 
 def parallel_world_model(k: int, max_blocks: int = 4) -> WorldModel:
     torch.manual_seed(0)
-    config = WorldModelConfig(
-        obs_vocab_size=VOCAB,
-        num_actions=ACTIONS,
-        tokens_per_obs=k,
-        max_blocks=max_blocks,
-        num_layers=1,
-        num_heads=2,
-        embed_dim=16,
-        embed_dropout=0.0,
-        residual_dropout=0.0,
-        attention_dropout=0.0,
-        parallel_observations=True,
-    )
-    return WorldModel(config)
+    return tiny_world_model(k, max_blocks=max_blocks, parallel=True)
 
 
 def test_parallel_loss_equals_direct_cross_entropy_on_next_frames():
