@@ -220,6 +220,6 @@ def _make_bar(plan: EpochPlan) -> Any:
     return tqdm(
         total=plan.total_epochs,
         desc="IRIS",
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total} epochs [{elapsed}, {postfix}]",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total} epochs [{elapsed}{postfix}]",  # postfix: ", ..."
         mininterval=0.5,
     )

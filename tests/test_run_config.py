@@ -75,7 +75,8 @@ def test_evaluate_and_play_a_zoo_model_trained_with_an_env_wrapper(minatar_run, 
     out = run_module("sb3_iris.evaluate", model, "--env", BREAKOUT, "--episodes", "1", "--max-episode-steps", "30",
                      "--seed", "0", "--json", cwd=tmp_path)  # fmt: skip
     assert "env settings from" in out and "MinAtarImageWrapper" in out
-    assert json.loads(out.strip().splitlines()[-1])["episodes"] == 1
+    summary = next(line for line in out.splitlines() if line.startswith("{"))  # stdout's JSON (stderr follows it)
+    assert json.loads(summary)["episodes"] == 1
     for mode in ("real", "dream"):
         video = tmp_path / f"{mode}.gif"
         run_module("sb3_iris.play", model, "--env", BREAKOUT, "--mode", mode, "--steps", "4", "--seed", "0",
