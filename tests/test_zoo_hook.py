@@ -288,7 +288,7 @@ def test_yml_entries():
     assert atari["policy"] == "CnnPolicy" and atari["n_timesteps"] == 100_000 and atari["n_envs"] == 1
     assert atari["env_wrapper"] == ["sb3_iris.atari.IrisAtariWrapper"]
     assert "frame_stack" not in atari
-    rl_zoo_keys = {"n_timesteps", "policy", "env_wrapper", "n_envs", "normalize", "frame_stack"}
+    rl_zoo_keys = {"n_timesteps", "policy", "env_wrapper", "n_envs", "normalize", "frame_stack", "callback"}
     for name, entry in config.items():
         assert isinstance(entry["n_timesteps"], (int, float)) and entry["policy"] in ("CnnPolicy", "MlpPolicy"), name
         if "policy_kwargs" in entry:
@@ -297,8 +297,11 @@ def test_yml_entries():
             iris_args = set(inspect.signature(sb3_iris.IRIS.__init__).parameters)
             unknown = set(entry) - rl_zoo_keys - iris_args
             assert not unknown, f"{name}: {sorted(unknown)} are not IRIS arguments"
-    if HAS_IRIS:  # the atari entry is the published configuration = the constructor defaults
+    if HAS_IRIS:  # the atari entry is the published configuration = the constructor defaults of that preset
+        from sb3_iris.defaults import PRESET_HYPERPARAMETERS
+
         defaults = {name: p.default for name, p in inspect.signature(sb3_iris.IRIS.__init__).parameters.items()}
+        defaults.update(PRESET_HYPERPARAMETERS["published"])  # the arguments whose signature default is None
         for key, value in atari.items():
             if key in defaults and defaults[key] is not inspect.Parameter.empty:
                 assert value == defaults[key], key
