@@ -23,6 +23,16 @@ def run_example(script: str, *args: str, cwd: Path, timeout: float = 600) -> str
     return output
 
 
+def last_json_line(output: str) -> dict:
+    """The last line of ``output`` that is a JSON object (progress bars on stderr may follow the result line)."""
+    import json
+
+    for line in reversed(output.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise AssertionError(f"no JSON line in the output:\n{output[-3000:]}")
+
+
 @pytest.mark.slow
 def test_atari_example_tiny(tmp_path):
     pytest.importorskip("ale_py")
@@ -72,10 +82,9 @@ def test_side_by_side_example_tiny(tmp_path):
 
 def test_quickstart_runs(tmp_path):
     """The README's main job, shortened: it trains, evaluates before and after, and saves the model."""
-    import json
 
     out = run_example("quickstart.py", "--timesteps", "200", "--eval-episodes", "2", "--save", "m", cwd=tmp_path)
-    result = json.loads(out.strip().splitlines()[-1])
+    result = last_json_line(out)
     assert result["timesteps"] == 200 and 0 <= result["before"] <= 20 and 0 <= result["after"] <= 20
     assert (tmp_path / "m.zip").is_file()
 
@@ -83,8 +92,7 @@ def test_quickstart_runs(tmp_path):
 @pytest.mark.slow
 def test_quickstart_learns(tmp_path):
     """The full quickstart: the evaluation return rises from random (~10) to near perfect (20)."""
-    import json
 
     out = run_example("quickstart.py", "--save", "m", cwd=tmp_path, timeout=1200)
-    result = json.loads(out.strip().splitlines()[-1])
+    result = last_json_line(out)
     assert result["after"] >= 18, result
