@@ -44,7 +44,7 @@ def build_model(env_id: str, parallel: bool, replay_steps: int, seed: int = 0) -
     if wrappers:
         name = wrappers[0]
         if isinstance(name, dict):  # RL Zoo's form with keyword arguments: {"module.Class": {...}}
-            (name, wrapper_kwargs), = name.items()
+            ((name, wrapper_kwargs),) = name.items()
         module_name, class_name = name.rsplit(".", 1)
         wrapper_class = getattr(importlib.import_module(module_name), class_name)
     if env_id.startswith("MinAtar/"):

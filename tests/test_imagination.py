@@ -45,6 +45,18 @@ def tiny_world_model(
     )
 
 
+def record_sampled_logits(monkeypatch) -> list[torch.Tensor]:
+    """Make imagination's ``sample_from_logits`` keep a copy of every logits tensor it samples from."""
+    records: list[torch.Tensor] = []
+
+    def recording_sampler(logits, temperature=1.0):
+        records.append(logits.detach().clone())
+        return sample_from_logits(logits, temperature)
+
+    monkeypatch.setattr(imagination, "sample_from_logits", recording_sampler)
+    return records
+
+
 def image_setup():
     """16x16 RGB -> 4x4 = 16 tokens."""
     tokenizer = ConvTokenizer(
@@ -190,13 +202,7 @@ def test_cached_generation_matches_full_forward_and_reprimes(monkeypatch, merge_
     world_model = tiny_world_model(k, max_blocks=3).eval()  # max_tokens = 3 * (2 + 1) = 9
     assert world_model.max_tokens == 9
 
-    records: list[torch.Tensor] = []
-
-    def recording_sampler(logits, temperature=1.0):
-        records.append(logits.detach().clone())
-        return sample_from_logits(logits, temperature)
-
-    monkeypatch.setattr(imagination, "sample_from_logits", recording_sampler)
+    records = record_sampled_logits(monkeypatch)
 
     cache = world_model.new_cache(batch)
     current = torch.randint(0, VOCAB, (batch, k))

@@ -13,12 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sb3_iris.imagination as imagination
 from sb3_iris import IRIS
-from sb3_iris.imagination import OneTokenStepper, prime_cache, sample_from_logits, world_model_step
+from sb3_iris.imagination import OneTokenStepper, prime_cache, world_model_step
 from sb3_iris.nn.world_model import WorldModel, WorldModelConfig, interleave_tokens
 from tests.conftest import ColorBoxEnv, tiny_iris_kwargs
-from tests.test_imagination import ACTIONS, VOCAB, tiny_world_model
+from tests.test_imagination import ACTIONS, VOCAB, record_sampled_logits, tiny_world_model
 
 
 def parallel_world_model(k: int, max_blocks: int = 4) -> WorldModel:
@@ -53,13 +52,7 @@ def test_parallel_loss_equals_direct_cross_entropy_on_next_frames():
 def test_parallel_cached_steps_match_full_passes_and_reprime(monkeypatch):
     k, batch = 2, 3
     world_model = parallel_world_model(k, max_blocks=3).eval()  # max_tokens 9
-    records: list[torch.Tensor] = []
-
-    def recording_sampler(logits, temperature=1.0):
-        records.append(logits.detach().clone())
-        return sample_from_logits(logits, temperature)
-
-    monkeypatch.setattr(imagination, "sample_from_logits", recording_sampler)
+    records = record_sampled_logits(monkeypatch)
     cache = world_model.new_cache(batch)
     current = torch.randint(0, VOCAB, (batch, k))
     reprimes = 0
