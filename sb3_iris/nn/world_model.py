@@ -337,14 +337,12 @@ class WorldModel(nn.Module):
         :param mask_padding: ``(B, L)`` True for real steps
         :return: logits ``(N, V)`` and labels ``(N,)`` (``IGNORE_INDEX`` where the target is padding)
         """
-        vocab = self.config.obs_vocab_size
         if self.config.parallel_observations:
             labels = obs_tokens[:, 1:].masked_fill(~mask_padding[:, 1:].unsqueeze(-1), IGNORE_INDEX)
-            logits = output.logits_observations[:, :-1]
         else:
             labels = observation_labels(obs_tokens, mask_padding)
-            logits = output.logits_observations[:, :-1]
-        return logits.reshape(-1, vocab), labels.reshape(-1)
+        logits = output.logits_observations[:, :-1]
+        return logits.reshape(-1, self.config.obs_vocab_size), labels.reshape(-1)
 
     def weight_decay_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: decay on Linear weights only (minGPT / IRIS)."""
