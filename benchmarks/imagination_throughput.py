@@ -28,7 +28,8 @@ def entry_kwargs(env_id: str, path: str = REPO_HYPERPARAMS) -> tuple[dict[str, A
     """(IRIS keyword arguments, env settings) of an ``iris.yml`` entry, with ``policy_kwargs`` evaluated."""
     with open(path) as file:
         entry = dict(yaml.safe_load(file)[env_id])
-    env_settings = {key: entry.pop(key) for key in ("n_timesteps", "policy", "env_wrapper", "n_envs") if key in entry}
+    not_iris_arguments = ("n_timesteps", "policy", "env_wrapper", "n_envs", "callback")
+    env_settings = {key: entry.pop(key) for key in not_iris_arguments if key in entry}
     if isinstance(entry.get("policy_kwargs"), str):
         entry["policy_kwargs"] = eval(entry["policy_kwargs"])  # a "dict(...)" string, as RL Zoo evaluates it
     return entry, env_settings

@@ -46,9 +46,24 @@ class VectorQuantizer(nn.Module):
     :param vocab_size: number of codebook entries
     :param embed_dim: dimension of each codebook vector
     :param beta: weight of the commitment term ``beta * ||z - sg(zq)||^2`` (IRIS: 1)
+    :param restart_unused_codes: not in IRIS (False). In training mode, keep a moving average of how often each
+        code is chosen (decay ``usage_decay``); a code whose average falls below ``usage_threshold`` is moved onto an
+        encoder output of the current batch, drawn with probability proportional to its squared distance from its
+        nearest code (so restarts go to the worst-represented inputs). Against codebook collapse, where a few
+        codes take every input and the others are never chosen again.
+    :param usage_decay: decay of the usage moving average
+    :param usage_threshold: average uses per batch below which a code is restarted
     """
 
-    def __init__(self, vocab_size: int, embed_dim: int, beta: float = 1.0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        beta: float = 1.0,
+        restart_unused_codes: bool = False,
+        usage_decay: float = 0.9,
+        usage_threshold: float = 0.01,
+    ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.embed_dim = embed_dim
@@ -56,6 +71,11 @@ class VectorQuantizer(nn.Module):
         self.codebook = nn.Embedding(vocab_size, embed_dim)
         # IRIS initialises the codebook with U(-1/V, 1/V).
         nn.init.uniform_(self.codebook.weight, -1.0 / vocab_size, 1.0 / vocab_size)
+        self.restart_unused_codes = restart_unused_codes
+        self.usage_decay = usage_decay
+        self.usage_threshold = usage_threshold
+        if restart_unused_codes:
+            self.register_buffer("code_usage", torch.ones(vocab_size))
 
     def nearest_tokens(self, z: torch.Tensor) -> torch.Tensor:
         """Index of the nearest codebook vector for each vector of ``z`` (``(..., E)`` -> ``(...)``)."""
@@ -72,9 +92,27 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> TokenizerEncoding:
         """Quantise ``z`` (``(B, K, E)``) with a straight-through gradient."""
         tokens = self.nearest_tokens(z)
+        if self.restart_unused_codes and self.training:
+            self._restart_unused(z.detach(), tokens)
         z_q = self.embed(tokens).to(z.dtype)
         z_straight_through = z + (z_q - z).detach()
         return TokenizerEncoding(z, z_straight_through, tokens)
+
+    @torch.no_grad()
+    def _restart_unused(self, z: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Update the usage averages with ``tokens`` and move the unused codes onto badly represented ``z``."""
+        counts = torch.bincount(tokens.reshape(-1), minlength=self.vocab_size).to(self.code_usage.dtype)
+        self.code_usage.mul_(self.usage_decay).add_(counts, alpha=1.0 - self.usage_decay)
+        unused = torch.nonzero(self.code_usage < self.usage_threshold).squeeze(1)
+        if unused.numel() == 0:
+            return
+        flat = z.reshape(-1, self.embed_dim).float()
+        errors = (flat - self.codebook.weight[tokens.reshape(-1)].float()).pow(2).sum(1)
+        if float(errors.sum()) <= 0:
+            return  # every input is represented exactly: nothing to restart onto
+        chosen = torch.multinomial(errors, unused.numel(), replacement=True)
+        self.codebook.weight[unused] = flat[chosen].to(self.codebook.weight.dtype)
+        self.code_usage[unused] = 1.0
 
     def commitment_loss(self, encoding: TokenizerEncoding) -> torch.Tensor:
         """``||sg(z) - zq||^2 + beta ||z - sg(zq)||^2`` (VQ-VAE codebook + commitment terms)."""
@@ -106,14 +144,22 @@ class Tokenizer(nn.Module):
     :param embed_dim: codebook vector dimension
     :param tokens_per_obs: number of tokens per observation (K)
     :param beta: commitment weight
+    :param restart_unused_codes: restart codes that fall out of use (see :class:`VectorQuantizer`; not in IRIS)
     """
 
-    def __init__(self, vocab_size: int, embed_dim: int, tokens_per_obs: int, beta: float = 1.0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        tokens_per_obs: int,
+        beta: float = 1.0,
+        restart_unused_codes: bool = False,
+    ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.embed_dim = embed_dim
         self.tokens_per_obs = tokens_per_obs
-        self.quantizer = VectorQuantizer(vocab_size, embed_dim, beta)
+        self.quantizer = VectorQuantizer(vocab_size, embed_dim, beta, restart_unused_codes)
 
     def preprocess(self, observations: torch.Tensor) -> torch.Tensor:
         """Map raw observations (as stored in the replay) to the network's input space."""
@@ -197,6 +243,16 @@ class ConvTokenizerConfig:
     :param l1_weight: weight of the L1 reconstruction term
     :param l2_weight: weight of the L2 reconstruction term (0 in IRIS, used by Delta-IRIS)
     :param perceptual_weight: weight of the LPIPS term (IRIS: 1; needs locally cached weights)
+    :param local_patches: encode and decode every token's image patch on its own (not in IRIS; False: the
+        published U-Net-style encoder and decoder, whose receptive fields span the whole image). With True, the
+        encoder is a patch embedding (a convolution whose kernel and stride are the patch size) followed by
+        ``encoder_res_blocks`` 1x1 convolutions, and the decoder mirrors it, with ``base_channels *
+        channel_multipliers[-1]`` hidden channels. A token's code then depends only on its own patch: equal
+        patches get equal codes wherever they are and whatever surrounds them, so the world model predicts
+        local content instead of codes that also encode the rest of the frame (for small synthetic grids
+        such as MinAtar's). ``attention_resolutions`` and ``dropout`` do not apply then.
+    :param restart_unused_codes: restart codes that fall out of use during training (see :class:`VectorQuantizer`;
+        not in IRIS)
     """
 
     resolution: int = 64
@@ -213,8 +269,11 @@ class ConvTokenizerConfig:
     l1_weight: float = 1.0
     l2_weight: float = 0.0
     perceptual_weight: float = 0.0
+    local_patches: bool = False
+    restart_unused_codes: bool = False
 
     def __post_init__(self) -> None:
+        check_bools(self, ("local_patches", "restart_unused_codes"))
         check_ints(self, ("resolution", "in_channels", "base_channels", "encoder_res_blocks", "z_channels"))
         check_ints(self, ("embed_dim",))
         check_ints(self, ("vocab_size",), minimum=2)
@@ -229,6 +288,11 @@ class ConvTokenizerConfig:
     @property
     def tokens_per_obs(self) -> int:
         return self.latent_resolution**2
+
+    @property
+    def patch_size(self) -> int:
+        """Height and width of the image patch of one token."""
+        return 2 ** (len(self.channel_multipliers) - 1)
 
     def validate(self) -> None:
         """Raise ``ValueError`` for impossible configurations."""
@@ -388,6 +452,42 @@ class ConvDecoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+def _pointwise_stack(in_channels: int, hidden: int, out_channels: int, layers: int) -> list[nn.Module]:
+    """``layers`` 1x1 convolutions with SiLU from ``in_channels`` through ``hidden`` to ``out_channels``."""
+    modules: list[nn.Module] = []
+    for _ in range(layers):
+        modules += [nn.Conv2d(in_channels, hidden, 1), nn.SiLU()]
+        in_channels = hidden
+    modules.append(nn.Conv2d(in_channels, out_channels, 1))
+    return modules
+
+
+class PatchEncoder(nn.Sequential):
+    """Image -> ``(B, z_channels, h, w)``, every output position computed from its own patch only."""
+
+    def __init__(self, config: ConvTokenizerConfig) -> None:
+        hidden = config.base_channels * config.channel_multipliers[-1]
+        patch = config.patch_size
+        super().__init__(
+            nn.Conv2d(config.in_channels, hidden, patch, stride=patch),
+            nn.SiLU(),
+            *_pointwise_stack(hidden, hidden, config.z_channels, config.encoder_res_blocks),
+        )
+
+
+class PatchDecoder(nn.Sequential):
+    """``(B, z_channels, h, w)`` -> image, every patch decoded from its own latent only."""
+
+    def __init__(self, config: ConvTokenizerConfig) -> None:
+        hidden = config.base_channels * config.channel_multipliers[-1]
+        patch = config.patch_size
+        super().__init__(
+            *_pointwise_stack(config.z_channels, hidden, hidden, config.encoder_res_blocks),
+            nn.SiLU(),
+            nn.ConvTranspose2d(hidden, config.in_channels, patch, stride=patch),
+        )
+
+
 def load_local_lpips() -> nn.Module:
     """Build an LPIPS(VGG16) module from weights already on this machine, never downloading.
 
@@ -424,12 +524,14 @@ class ConvTokenizer(Tokenizer):
     def __init__(self, config: Optional[ConvTokenizerConfig] = None) -> None:
         config = config or ConvTokenizerConfig()
         config.validate()
-        super().__init__(config.vocab_size, config.embed_dim, config.tokens_per_obs, config.beta)
+        super().__init__(
+            config.vocab_size, config.embed_dim, config.tokens_per_obs, config.beta, config.restart_unused_codes
+        )
         self.config = config
-        self.encoder = ConvEncoder(config)
+        self.encoder = PatchEncoder(config) if config.local_patches else ConvEncoder(config)
         self.pre_quant = nn.Conv2d(config.z_channels, config.embed_dim, 1)
         self.post_quant = nn.Conv2d(config.embed_dim, config.z_channels, 1)
-        self.decoder = ConvDecoder(config)
+        self.decoder = PatchDecoder(config) if config.local_patches else ConvDecoder(config)
         # Kept out of state_dict and parameters(): pretrained, frozen, optional.
         self._lpips: list[nn.Module] = [load_local_lpips()] if config.perceptual_weight > 0 else []
 
