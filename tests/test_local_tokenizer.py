@@ -101,3 +101,15 @@ def test_switches_default_to_the_published_tokenizer() -> None:
 def test_switches_must_be_bools(name: str) -> None:
     with pytest.raises(ValueError, match=name):
         small_config(**{name: 1})
+
+
+def test_no_restart_once_every_input_is_well_represented() -> None:
+    quantizer = VectorQuantizer(4, 2, restart_unused_codes=True, usage_decay=0.5, usage_threshold=0.1)
+    with torch.no_grad():
+        quantizer.codebook.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [50.0, 50.0], [60.0, 60.0]]))
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(8, 1).unsqueeze(0)  # exactly codes 0 and 1
+    quantizer.train()
+    for _ in range(10):  # codes 2 and 3 fall out of use, but nothing is badly represented
+        quantizer(z)
+    assert bool((quantizer.code_usage[2:] < 0.1).all())
+    assert torch.equal(quantizer.codebook.weight[2:], torch.tensor([[50.0, 50.0], [60.0, 60.0]]))
