@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=64)
     parser.add_argument("--embed-dim", type=int, default=4)
     parser.add_argument("--foreground-weight", type=float, default=1.0)
+    parser.add_argument("--beta", type=float, default=0.25, help="commitment weight")
     parser.add_argument("--local-patches", action="store_true", help="also restarts unused codes")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -97,7 +98,7 @@ def main() -> None:
         z_channels=64,
         embed_dim=args.embed_dim,
         vocab_size=args.vocab_size,
-        beta=0.25,
+        beta=args.beta,
         l1_weight=0.0,
         l2_weight=1.0,
         foreground_weight=args.foreground_weight,
