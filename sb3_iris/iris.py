@@ -20,7 +20,6 @@ from typing import Any, ClassVar, Optional, TypeVar, Union
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.save_util import load_from_zip_file
@@ -28,10 +27,12 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_iris.archive import STATE_DICT_NAMES, check_model_archive
 from sb3_iris.buffers import EpisodeReplayBuffer
 from sb3_iris.caches import ReconstructionCache
 from sb3_iris.checkpoint import atomic_write, capture_rng_states, check_state_dict_shapes, restore_rng_states
 from sb3_iris.defaults import PRESET_HYPERPARAMETERS, merge_policy_kwargs, resolve_preset
+from sb3_iris.envs import truncations_from_infos
 from sb3_iris.imagination import OneTokenStepper, imagine_rollouts, reconstruct_context
 from sb3_iris.nn.actor_critic import LSTMState, actor_critic_loss, compute_lambda_returns
 from sb3_iris.nn.tokenizer import codebook_usage
@@ -39,6 +40,7 @@ from sb3_iris.performance import PerformanceOptions, apply_process_options, auto
 from sb3_iris.policies import CnnPolicy, IrisPolicy, MlpPolicy
 from sb3_iris.progress import TrainingProgress, network_summary, schedule_line
 from sb3_iris.schedule import PARTS, check_final_training_epochs, final_epochs, plan_epochs, unreachable_message
+from sb3_iris.spaces import check_env_spaces, check_spaces
 from sb3_iris.validation import (
     check_env_step,
     check_integer,
@@ -55,14 +57,6 @@ TOKENIZE_CHUNK = 512
 
 # At verbose >= 1, a training phase running longer than this prints its progress this often (seconds).
 PROGRESS_PRINT_SECONDS = 30.0
-
-# The state dicts saved with the model (policy, then the three optimisers), each as ``<name>.pth`` in the zip.
-STATE_DICT_NAMES = (
-    "policy",
-    "policy.tokenizer_optimizer",
-    "policy.world_model_optimizer",
-    "policy.actor_critic_optimizer",
-)
 
 
 class IRIS(BaseAlgorithm):
@@ -192,7 +186,7 @@ class IRIS(BaseAlgorithm):
         _init_setup_model: bool = True,
     ) -> None:
         if env is not None and not isinstance(env, str):
-            _check_env_spaces(env)
+            check_env_spaces(env)
         super().__init__(
             policy=policy,
             env=env,
@@ -208,7 +202,7 @@ class IRIS(BaseAlgorithm):
             supported_action_spaces=None,
         )
         if self.env is not None:
-            _check_env_spaces(self.env)
+            check_env_spaces(self.env)
         self.n_steps_per_epoch = n_steps_per_epoch
         self.tokenizer_updates_per_epoch = tokenizer_updates_per_epoch
         self.world_model_updates_per_epoch = world_model_updates_per_epoch
@@ -312,7 +306,7 @@ class IRIS(BaseAlgorithm):
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
-        _check_observation_space(self.observation_space)
+        check_spaces(self.observation_space, None)
         self.performance = PerformanceOptions(
             mixed_precision=self.mixed_precision,
             channels_last=self.channels_last,
@@ -461,7 +455,7 @@ class IRIS(BaseAlgorithm):
         ``force_reset=False``, a live env in the same process continues its episodes too (see the README's
         Reliability section).
         """
-        _check_model_archive(path)
+        check_model_archive(path)
         try:
             model = super().load(
                 path,
@@ -864,7 +858,7 @@ class IRIS(BaseAlgorithm):
     ) -> None:
         """Add one VecEnv step to the replay and move the collection state on to ``new_obs``."""
         self._update_info_buffer(infos, dones)
-        truncations = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos]) & dones
+        truncations = truncations_from_infos(infos, dones)
         terminations = dones & ~truncations
         self.replay_buffer.add(self._last_obs, actions, rewards, terminations, truncations)
         self._last_obs = new_obs
@@ -1040,65 +1034,3 @@ class IRIS(BaseAlgorithm):
             buffer.check_integrity(n_actions)
         except ValueError as e:
             raise ValueError(f"could not load the replay buffer in {path!s}: {e}") from e
-
-
-def _check_model_archive(path: Union[str, pathlib.Path, io.BufferedIOBase]) -> None:
-    """Raise ``ValueError`` if ``path`` is not a readable IRIS model archive (file-likes are left to SB3)."""
-    if not isinstance(path, (str, pathlib.Path)):
-        return
-    file_path = pathlib.Path(path)
-    if not file_path.exists() and file_path.suffix != ".zip":
-        file_path = file_path.with_name(file_path.name + ".zip")  # SB3's open_path adds the suffix too
-    if not file_path.is_file():
-        return  # SB3 raises FileNotFoundError
-    try:
-        with zipfile.ZipFile(file_path) as archive:
-            names = set(archive.namelist())
-            corrupted = archive.testzip()
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
-        size = os.path.getsize(file_path)
-        raise ValueError(
-            f"could not load IRIS model from {path}: not a valid zip archive ({size} bytes; truncated or not a "
-            f"file written by IRIS.save()): {e}"
-        ) from e
-    if corrupted is not None:
-        raise ValueError(f"could not load IRIS model from {path}: member {corrupted!r} of the zip archive is corrupted")
-    expected = ["data", *(f"{n}.pth" for n in STATE_DICT_NAMES)]
-    missing = [name for name in expected if name not in names]
-    if len(missing) == len(expected):
-        raise ValueError(
-            f"could not load IRIS model from {path}: no IRIS model in this zip archive (none of {expected} found); "
-            "the file is truncated or was not written by IRIS.save()"
-        )
-    if missing:
-        raise ValueError(
-            f"could not load IRIS model from {path}: the archive lacks {missing} (a model of another algorithm, "
-            "or a damaged file?)"
-        )
-
-
-def _check_observation_space(observation_space: spaces.Space) -> None:
-    if isinstance(observation_space, spaces.Dict):
-        raise ValueError(
-            f"IRIS does not support Dict observation spaces (got {observation_space}); "
-            "use a Box of images (CnnPolicy) or a 1-D Box (MlpPolicy)"
-        )
-    if not isinstance(observation_space, spaces.Box):
-        raise ValueError(f"IRIS supports only Box observation spaces, got observation_space={observation_space}")
-
-
-def _check_env_spaces(env: Any) -> None:
-    action_space = getattr(env, "action_space", None)
-    if action_space is not None and not isinstance(action_space, spaces.Discrete):
-        raise ValueError(
-            f"IRIS supports only Discrete action spaces, got action_space={action_space} "
-            f"({type(action_space).__name__})"
-        )
-    if action_space is not None and int(action_space.start) != 0:
-        raise ValueError(
-            f"IRIS needs Discrete action spaces that start at 0, got action_space={action_space} "
-            f"(start={action_space.start}); wrap the env to shift its actions"
-        )
-    observation_space = getattr(env, "observation_space", None)
-    if observation_space is not None:
-        _check_observation_space(observation_space)

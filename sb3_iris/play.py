@@ -56,20 +56,19 @@ import numpy as np
 import torch
 from gymnasium.error import DependencyNotInstalled
 
-from sb3_iris.evaluate import (
-    DEFAULT_TEMPERATURE,
-    IrisAgent,
+from sb3_iris.envs import (
     UsageError,
     add_env_settings_arguments,
     check_compatible,
     env_supports_rgb_render,
-    load_model,
     make_env,
     observation_to_policy,
     resolve_env_settings,
 )
+from sb3_iris.evaluate import DEFAULT_TEMPERATURE, IrisAgent, load_model
 from sb3_iris.imagination import sample_from_logits, world_model_step
 from sb3_iris.nn.world_model import interleave_tokens
+from sb3_iris.spaces import is_image
 from sb3_iris.visualize import RED, VideoWriter, annotate, hstack, resize_to_height, titled, to_uint8_images, upscale
 
 __all__ = ["MODES", "display_available", "main", "play"]
@@ -226,7 +225,7 @@ class _Session:
         self.args = args
         self.sink = sink
         self.device = self.policy.device
-        self.is_image = len(model.observation_space.shape) == 3
+        self.is_image = is_image(model.observation_space)
         self.action_names = _action_names(env, int(model.action_space.n))
         self.temperature = 0.0 if args.deterministic else args.temperature
         self.wm_temperature = (
@@ -502,8 +501,7 @@ def play(args: argparse.Namespace) -> list[tuple[float, int]]:
         np.random.seed(args.seed)
 
     model = load_model(args.model, args.device)
-    is_image = len(model.observation_space.shape) == 3
-    if args.mode != "real" and not is_image:
+    if args.mode != "real" and not is_image(model.observation_space):
         raise UsageError(
             f"--mode {args.mode} shows imagined frames, so it needs a model with image observations; this model has "
             f"vector observations of shape {model.observation_space.shape} (its world model dreams tokens of vectors, "

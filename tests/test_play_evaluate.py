@@ -303,15 +303,3 @@ def test_atari_eval_env_uses_iris_evaluation_settings():
     assert wrapper.noop_max == 1 and not wrapper.terminal_on_life_loss and wrapper.max_episode_frames == 108_000
     assert env.observation_space.shape == (64, 64, 3)
     env.close()
-
-
-def test_atari_fallback_preprocessing_without_atari_module(monkeypatch):
-    pytest.importorskip("ale_py")
-    monkeypatch.setitem(sys.modules, "sb3_iris.atari", None)  # "import sb3_iris.atari" raises ImportError
-    env = evaluate_module.make_env("PongNoFrameskip-v4", seed=0)
-    assert isinstance(env, evaluate_module._MinimalAtariPreprocessing)
-    observation, _ = env.reset(seed=0)
-    assert observation.shape == (64, 64, 3) and observation.dtype == np.uint8
-    observation, reward, terminated, truncated, _ = env.step(0)
-    assert observation.shape == (64, 64, 3) and env.frames == 1 + 4
-    env.close()
