@@ -29,11 +29,11 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_iris.archive import STATE_DICT_NAMES, check_model_archive
 from sb3_iris.buffers import EpisodeReplayBuffer
-from sb3_iris.caches import ReconstructionCache
+from sb3_iris.caches import FrozenTokenizerCache
 from sb3_iris.checkpoint import atomic_write, capture_rng_states, check_state_dict_shapes, restore_rng_states
 from sb3_iris.defaults import PRESET_HYPERPARAMETERS, merge_policy_kwargs, resolve_preset
 from sb3_iris.envs import truncations_from_infos
-from sb3_iris.imagination import OneTokenStepper, imagine_rollouts, reconstruct_context
+from sb3_iris.imagination import OneTokenStepper, imagine_rollouts
 from sb3_iris.nn.actor_critic import LSTMState, actor_critic_loss, compute_lambda_returns
 from sb3_iris.nn.tokenizer import codebook_usage
 from sb3_iris.performance import PerformanceOptions, apply_process_options, autocast_context, configure_modules
@@ -51,9 +51,6 @@ from sb3_iris.validation import (
 )
 
 SelfIRIS = TypeVar("SelfIRIS", bound="IRIS")
-
-# Frames tokenized per tokenizer call when filling world-model / imagination batches (bounds memory).
-TOKENIZE_CHUNK = 512
 
 # At verbose >= 1, a training phase running longer than this prints its progress this often (seconds).
 PROGRESS_PRINT_SECONDS = 30.0
@@ -349,13 +346,19 @@ class IRIS(BaseAlgorithm):
                 stacklevel=2,
             )
         self.replay_buffer = self._make_replay_buffer()
-        self.replay_buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
-        self._reconstruction_cache = ReconstructionCache(int(self.reconstruction_cache_gb * 1024**3), self.device)
+        self.tokenizer_cache = FrozenTokenizerCache(
+            self.policy.tokenizer,
+            self.observation_space,
+            self.device,
+            use_token_cache=self.use_token_cache,
+            reconstruction_cache_bytes=int(self.reconstruction_cache_gb * 1024**3),
+            autocast=self._autocast,
+        )
+        self.tokenizer_cache.attach(self.replay_buffer)
         self._token_stepper = (
             OneTokenStepper(self.policy.world_model, compile=True) if self.performance.compile_imagination else None
         )
         self._collection_state = None
-        self._epoch_padding_tokens: Optional[torch.Tensor] = None
 
     def _make_replay_buffer(self) -> EpisodeReplayBuffer:
         budget = None if self.replay_memory_budget_gb is None else int(self.replay_memory_budget_gb * 1024**3)
@@ -372,12 +375,11 @@ class IRIS(BaseAlgorithm):
         return [
             *super()._excluded_save_params(),
             "_collection_state",
-            "_epoch_padding_tokens",
+            "tokenizer_cache",
             "performance",
             "_kv_cache",
             "_phase_progress",
             "_progress",
-            "_reconstruction_cache",
             "_token_stepper",
         ]
 
@@ -494,50 +496,17 @@ class IRIS(BaseAlgorithm):
     def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(array, device=self.device)
 
-    @torch.no_grad()
-    def _tokenize(self, observations: np.ndarray) -> torch.Tensor:
-        """Tokens ``(N, K)`` of raw observations ``(N, *obs_shape)``, computed in chunks."""
-        tokenizer = self.policy.tokenizer
-        with self._autocast():
-            chunks = [
-                tokenizer.tokenize(tokenizer.preprocess(self._to_tensor(observations[i : i + TOKENIZE_CHUNK])))
-                for i in range(0, len(observations), TOKENIZE_CHUNK)
-            ]
-        if not chunks:
-            return torch.empty(0, tokenizer.tokens_per_obs, dtype=torch.long, device=self.device)
-        return torch.cat(chunks)
-
-    def _padding_tokens(self) -> torch.Tensor:
-        """Tokens of an all-zero observation (what padded steps contain), computed once per epoch."""
-        if self._epoch_padding_tokens is None:
-            zero = np.zeros((1, *self.observation_space.shape), dtype=self.observation_space.dtype)
-            self._epoch_padding_tokens = self._tokenize(zero)[0]
-        return self._epoch_padding_tokens
-
     def segment_tokens(
         self, observations: np.ndarray, env_indices: np.ndarray, time_indices: np.ndarray, mask_padding: np.ndarray
     ) -> torch.Tensor:
-        """Tokens ``(B, L, K)`` of a batch of segments, through the per-epoch token cache when enabled.
+        """Tokens ``(B, L, K)`` of a batch of segments (:meth:`FrozenTokenizerCache.segment_tokens`)."""
+        return self.tokenizer_cache.segment_tokens(observations, env_indices, time_indices, mask_padding)
 
-        The tokenizer is frozen outside its own phase, so cached tokens equal recomputed ones.
-        """
-        batch_shape = mask_padding.shape
-        if not self.use_token_cache:
-            flat = observations.reshape(-1, *observations.shape[len(batch_shape) :])
-            return self._tokenize(flat).view(*batch_shape, -1)
-        k = self.policy.tokenizer.tokens_per_obs
-        tokens = self._padding_tokens().expand(*batch_shape, k).clone()
-        real = mask_padding.astype(bool)
-        env_real, time_real = env_indices[real], time_indices[real]
-        cached, valid = self.replay_buffer.cached_tokens(env_real, time_real)
-        cached = np.array(cached, dtype=np.int64, copy=True)
-        missing = ~valid
-        if missing.any():
-            computed = self._tokenize(observations[real][missing]).cpu().numpy()
-            cached[missing] = computed
-            self.replay_buffer.store_tokens(env_real[missing], time_real[missing], computed)
-        tokens[torch.as_tensor(real, device=self.device)] = self._to_tensor(cached)
-        return tokens
+    def context_reconstructions(
+        self, context_tokens: torch.Tensor, env_indices: np.ndarray, time_indices: np.ndarray, mask_padding: np.ndarray
+    ) -> torch.Tensor:
+        """Reconstructions of replay contexts (:meth:`FrozenTokenizerCache.context_reconstructions`)."""
+        return self.tokenizer_cache.context_reconstructions(context_tokens, env_indices, time_indices, mask_padding)
 
     # ----------------------------------------------------------------------------------------------
     # Training phases
@@ -646,41 +615,6 @@ class IRIS(BaseAlgorithm):
                 stepper=self._token_stepper,
             )
 
-    @torch.no_grad()
-    def context_reconstructions(
-        self, context_tokens: torch.Tensor, env_indices: np.ndarray, time_indices: np.ndarray, mask_padding: np.ndarray
-    ) -> torch.Tensor:
-        """Reconstructions ``(B, T + 1, *obs_shape)`` of replay contexts, through the per-epoch cache when enabled.
-
-        Padded frames are zeros (the burn-in ignores them). Equal to decoding every real frame's tokens.
-        """
-        mask = torch.as_tensor(mask_padding, device=self.device)
-        if self.reconstruction_cache_gb <= 0:
-            return reconstruct_context(self.policy.tokenizer, context_tokens, mask)
-        real = mask_padding.astype(bool)
-        env_real, time_real = env_indices[real], time_indices[real]
-        tokens_real = context_tokens[mask]
-        slots, found = self._reconstruction_cache.lookup(env_real, time_real)
-        missing = ~found
-        missing_rows = torch.as_tensor(missing, device=self.device)
-        found_rows = torch.as_tensor(found, device=self.device)
-        decoded = cached = None
-        if missing.any():
-            decoded = self.policy.tokenizer.decode_tokens(tokens_real[missing_rows])
-            self._reconstruction_cache.store(env_real[missing], time_real[missing], decoded)
-        if found.any():
-            cached = self._reconstruction_cache.gather(slots[found])
-        sample = decoded if decoded is not None else cached
-        assert sample is not None
-        frames = sample.new_empty(len(env_real), *sample.shape[1:])
-        if decoded is not None:
-            frames[missing_rows] = decoded.to(frames.dtype)
-        if cached is not None:
-            frames[found_rows] = cached.to(frames.dtype)
-        reconstructions = frames.new_zeros(*mask_padding.shape, *frames.shape[1:])
-        reconstructions[mask] = frames
-        return reconstructions
-
     def _imagination_cache(self, batch_size: int):
         """A KV cache reused across actor-critic updates (no per-update allocation)."""
         cache = getattr(self, "_kv_cache", None)
@@ -757,9 +691,7 @@ class IRIS(BaseAlgorithm):
             finally:
                 if name == "tokenizer":
                     # Tokens cached with the previous tokenizer are stale now (also after an interrupted phase).
-                    self.replay_buffer.invalidate_token_cache()
-                    self._reconstruction_cache.clear()
-                    self._epoch_padding_tokens = None
+                    self.tokenizer_cache.invalidate()
             phase_times[name] = time.perf_counter() - start
         for key, value in metrics.items():
             self.logger.record(key, value)
@@ -902,12 +834,10 @@ class IRIS(BaseAlgorithm):
                     f"the replay buffer holds data of {self.replay_buffer.n_envs} envs but the env has {self.n_envs}"
                 )
             self.replay_buffer = self._make_replay_buffer()
-            self.replay_buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
         if env_was_reset:
             # The env restarted its episodes: the replay's ongoing episodes end here.
             self.replay_buffer.close_ongoing_episodes()
-        self._epoch_padding_tokens = None
-        self.replay_buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
+        self.tokenizer_cache.attach(self.replay_buffer)
         n_vec_steps = -(-self.n_steps_per_epoch // self.n_envs)
         timesteps = total_timesteps - self.num_timesteps
         self._progress = self._start_progress(timesteps, n_vec_steps * self.n_envs, progress_bar)
@@ -1008,8 +938,8 @@ class IRIS(BaseAlgorithm):
         if not isinstance(buffer, EpisodeReplayBuffer):
             raise TypeError(f"{path!s} does not contain an IRIS EpisodeReplayBuffer (found {type(buffer).__name__})")
         self._check_loaded_replay(buffer, path)
-        buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
         self.replay_buffer = buffer
+        self.tokenizer_cache.attach(buffer)
 
     def _check_loaded_replay(self, buffer: EpisodeReplayBuffer, path: Any) -> None:
         """Refuse a replay of other spaces or envs, or one whose arrays are inconsistent, before using it."""
