@@ -16,7 +16,8 @@ import time
 import warnings
 import zipfile
 from collections.abc import Iterable
-from typing import Any, ClassVar, Optional, TypeVar, Union
+from contextlib import AbstractContextManager
+from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
 
 import numpy as np
 import torch
@@ -34,13 +35,13 @@ from sb3_iris.checkpoint import atomic_write, capture_rng_states, check_state_di
 from sb3_iris.defaults import PRESET_HYPERPARAMETERS, merge_policy_kwargs, resolve_preset
 from sb3_iris.envs import truncations_from_infos
 from sb3_iris.imagination import OneTokenStepper, imagine_rollouts
-from sb3_iris.nn.actor_critic import LSTMState, actor_critic_loss, compute_lambda_returns
-from sb3_iris.nn.tokenizer import codebook_usage
+from sb3_iris.nn.actor_critic import LSTMState
 from sb3_iris.performance import PerformanceOptions, apply_process_options, autocast_context, configure_modules
 from sb3_iris.policies import CnnPolicy, IrisPolicy, MlpPolicy
 from sb3_iris.progress import TrainingProgress, network_summary, schedule_line
 from sb3_iris.schedule import PARTS, check_final_training_epochs, final_epochs, plan_epochs, unreachable_message
 from sb3_iris.spaces import check_env_spaces, check_spaces
+from sb3_iris.training import make_phases, phase_metrics, run_phase
 from sb3_iris.validation import (
     check_env_step,
     check_integer,
@@ -106,7 +107,8 @@ class IRIS(BaseAlgorithm):
         used as imagination burn-in within an epoch (same results; 0 disables)
     :param mixed_precision: bf16 autocast for the forward passes where the device supports it (None: off;
         see the README's performance section for when it pays off); losses and optimiser states stay float32
-    :param channels_last: NHWC memory format for the convolutional networks (None: on; 8-12% faster on a CPU)
+    :param channels_last: NHWC memory format for the convolutional networks (None: on; see the README's performance
+        section)
     :param merge_last_token: in imagination, write each generated frame's last token into the KV cache together
         with the next action token (K instead of K + 1 transformer passes per imagined step; same results)
     :param fused_optimizers: fused Adam/AdamW kernels (None: on where torch supports them for the device)
@@ -114,8 +116,9 @@ class IRIS(BaseAlgorithm):
         compiled with ``torch.compile`` (CUDA graphs on CUDA); same results within float tolerance; compiling
         takes about a minute at the start (None: off)
     :param tune_cpu_allocator: make glibc's malloc keep freed memory for reuse instead of unmapping and
-        page-faulting large tensors on every step (None: on for CPU devices on glibc; up to 2x faster tokenizer
-        and world-model updates on a 2-core CPU; same results; process-wide; a higher resident set)
+        page-faulting large tensors on every step (None: on for CPU devices on glibc; same results, a higher
+        resident set; see the README's performance section). Process-wide: applied when ``learn()`` starts (announced
+        at verbose >= 1) and kept for the rest of the process; never by ``load`` or by the evaluate / play tools
     :param stats_window_size: window for the rollout episode statistics
     :param tensorboard_log: TensorBoard log folder (None: no logging)
     :param policy_kwargs: keyword arguments of the policy (``tokenizer_kwargs``, ``world_model_kwargs``,
@@ -237,6 +240,7 @@ class IRIS(BaseAlgorithm):
         self.last_phase_seconds: dict[str, float] = {}
         self.last_collection_seconds = 0.0
         self._collection_state: Optional[LSTMState] = None
+        self._progress: Optional[TrainingProgress] = None
         self._apply_preset(preset)
         self._validate_hyperparameters()
         if _init_setup_model:
@@ -312,8 +316,7 @@ class IRIS(BaseAlgorithm):
             compile_imagination=self.compile_imagination,
             tune_cpu_allocator=self.tune_cpu_allocator,
         ).resolved(self.device)
-        apply_process_options(self.performance)
-        # Build on the target device first so that fused optimiser states are created there.
+        # Move the networks to the target device before making the optimisers, so that fused states are created there.
         self.policy = self.policy_class(
             self.observation_space,
             self.action_space,
@@ -321,7 +324,7 @@ class IRIS(BaseAlgorithm):
             **self.policy_kwargs,
         )
         self.policy = self.policy.to(self.device)
-        configure_modules(self.performance, self.device, self.policy.tokenizer, self.policy.actor_critic)
+        configure_modules(self.performance, self.policy.tokenizer, self.policy.actor_critic)
         self.policy.make_optimizers(self.lr_schedule, fused=bool(self.performance.fused_optimizers))
         if self.policy.world_model.config.parallel_observations and self.performance.compile_imagination:
             raise ValueError(
@@ -352,7 +355,7 @@ class IRIS(BaseAlgorithm):
             self.device,
             use_token_cache=self.use_token_cache,
             reconstruction_cache_bytes=int(self.reconstruction_cache_gb * 1024**3),
-            autocast=self._autocast,
+            autocast=self.autocast,
         )
         self.tokenizer_cache.attach(self.replay_buffer)
         self._token_stepper = (
@@ -378,7 +381,6 @@ class IRIS(BaseAlgorithm):
             "tokenizer_cache",
             "performance",
             "_kv_cache",
-            "_phase_progress",
             "_progress",
             "_token_stepper",
         ]
@@ -489,11 +491,12 @@ class IRIS(BaseAlgorithm):
     # Data: tokens of replay observations
     # ----------------------------------------------------------------------------------------------
 
-    def _autocast(self):
+    def autocast(self) -> AbstractContextManager:
         """bf16 autocast context when mixed precision is enabled for this device, else a no-op."""
         return autocast_context(self.performance, self.device)
 
-    def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
+    def to_tensor(self, array: np.ndarray) -> torch.Tensor:
+        """``array`` as a tensor on the model's device."""
         return torch.as_tensor(array, device=self.device)
 
     def segment_tokens(
@@ -509,81 +512,8 @@ class IRIS(BaseAlgorithm):
         return self.tokenizer_cache.context_reconstructions(context_tokens, env_indices, time_indices, mask_padding)
 
     # ----------------------------------------------------------------------------------------------
-    # Training phases
+    # Training
     # ----------------------------------------------------------------------------------------------
-
-    def _clip_and_step(self, loss: torch.Tensor, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), self.max_grad_norm)
-        optimizer.step()
-
-    def _report_progress(self, done: int, total: int) -> None:
-        """Report a training phase at update ``done`` of ``total`` (verbose >= 1 or progress_bar: sb3_iris.progress)."""
-        progress, phase = getattr(self, "_progress", None), getattr(self, "_phase_progress", None)
-        if progress is not None and phase is not None:
-            progress.phase_update(self._n_epochs, phase[0], done, total)
-
-    # Replay observations used to fit a vector tokenizer's input standardisation (once, before its first update).
-    NORMALIZATION_SAMPLE = 10_000
-
-    def _train_tokenizer(self) -> dict[str, float]:
-        tokenizer = self.policy.tokenizer
-        if getattr(tokenizer, "needs_normalization_fit", False):
-            frames, _, _ = self.replay_buffer.sample_frames(min(self.NORMALIZATION_SAMPLE, self.replay_buffer.n_steps))
-            tokenizer.fit_normalization(self._to_tensor(frames))
-        tokenizer.train()
-        totals = {"reconstruction": [], "commitment": [], "perceptual": [], "total": []}
-        all_tokens = []
-        for update in range(self.tokenizer_updates_per_epoch):
-            self._report_progress(update, self.tokenizer_updates_per_epoch)
-            frames, _, _ = self.replay_buffer.sample_frames(self.tokenizer_batch_size)
-            with self._autocast():
-                losses, tokens = tokenizer.compute_loss(tokenizer.preprocess(self._to_tensor(frames)))
-            self._clip_and_step(losses.total, tokenizer, self.policy.tokenizer_optimizer)
-            for name in totals:
-                totals[name].append(getattr(losses, name).item())
-            all_tokens.append(tokens.detach())
-        used, perplexity = codebook_usage(torch.cat(all_tokens), tokenizer.vocab_size)
-        self._n_updates += self.tokenizer_updates_per_epoch
-        return {
-            "train/tokenizer_loss": float(np.mean(totals["total"])),
-            "train/tokenizer_reconstruction_loss": float(np.mean(totals["reconstruction"])),
-            "train/tokenizer_commitment_loss": float(np.mean(totals["commitment"])),
-            "train/tokenizer_perceptual_loss": float(np.mean(totals["perceptual"])),
-            "train/codebook_usage": used,
-            "train/codebook_perplexity": perplexity,
-        }
-
-    def _train_world_model(self) -> dict[str, float]:
-        world_model = self.policy.world_model
-        self.policy.tokenizer.eval()
-        world_model.train()
-        totals = {"total": [], "observations": [], "rewards": [], "ends": []}
-        for update in range(self.world_model_updates_per_epoch):
-            self._report_progress(update, self.world_model_updates_per_epoch)
-            batch = self.replay_buffer.sample_segments(self.world_model_batch_size, self.sequence_length, "right")
-            obs_tokens = self.segment_tokens(
-                batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding
-            )
-            with self._autocast():
-                losses = world_model.compute_loss(
-                    obs_tokens,
-                    self._to_tensor(batch.actions).long(),
-                    self._to_tensor(batch.rewards).float(),
-                    self._to_tensor(batch.terminations),
-                    self._to_tensor(batch.mask_padding),
-                )
-            self._clip_and_step(losses.total, world_model, self.policy.world_model_optimizer)
-            for name in totals:
-                totals[name].append(getattr(losses, name).item())
-        self._n_updates += self.world_model_updates_per_epoch
-        return {
-            "train/world_model_loss": float(np.mean(totals["total"])),
-            "train/world_model_observation_loss": float(np.mean(totals["observations"])),
-            "train/world_model_reward_loss": float(np.mean(totals["rewards"])),
-            "train/world_model_end_loss": float(np.mean(totals["ends"])),
-        }
 
     def imagine(self, batch_size: int, keep_observations: bool = False):
         """Imagine ``batch_size`` trajectories from real replay contexts with the current networks.
@@ -596,7 +526,7 @@ class IRIS(BaseAlgorithm):
         )
         self.policy.tokenizer.eval()
         self.policy.world_model.eval()
-        with self._autocast():
+        with self.autocast():
             reconstructions = self.context_reconstructions(
                 context_tokens, batch.env_indices, batch.time_indices, batch.mask_padding
             )
@@ -605,7 +535,7 @@ class IRIS(BaseAlgorithm):
                 self.policy.world_model,
                 self.policy.actor_critic,
                 context_tokens,
-                self._to_tensor(batch.mask_padding),
+                self.to_tensor(batch.mask_padding),
                 self.imagination_horizon,
                 temperature=self.imagination_temperature,
                 keep_observations=keep_observations,
@@ -623,46 +553,16 @@ class IRIS(BaseAlgorithm):
             self._kv_cache = cache
         return cache
 
-    def _train_actor_critic(self) -> dict[str, float]:
-        actor_critic = self.policy.actor_critic
-        actor_critic.train()
-        totals = {"total": [], "policy": [], "value": [], "entropy": []}
-        imagined_returns, imagined_rewards, imagined_rewards_per_step = [], [], []
-        for update in range(self.actor_critic_updates_per_epoch):
-            self._report_progress(update, self.actor_critic_updates_per_epoch)
-            rollout = self.imagine(self.actor_critic_batch_size)
-            returns = compute_lambda_returns(
-                rollout.rewards.float(), rollout.values.detach().float(), rollout.ends, self.gamma, self.gae_lambda
-            )
-            losses = actor_critic_loss(
-                rollout.logits[:, :-1],
-                rollout.actions[:, :-1],
-                rollout.values[:, :-1],
-                returns[:, :-1],
-                self.ent_coef,
-                normalize_advantage=self.normalize_advantage,
-            )
-            self._clip_and_step(losses.total, actor_critic, self.policy.actor_critic_optimizer)
-            for name in totals:
-                totals[name].append(getattr(losses, name).item())
-            imagined_returns.append(returns[:, 0].mean().item())
-            imagined_rewards.append(rollout.rewards.sum(1).mean().item())
-            imagined_rewards_per_step.append(rollout.rewards.mean().item())
-        self._n_updates += self.actor_critic_updates_per_epoch
-        return {
-            "train/actor_critic_loss": float(np.mean(totals["total"])),
-            "train/policy_loss": float(np.mean(totals["policy"])),
-            "train/value_loss": float(np.mean(totals["value"])),
-            "train/entropy": float(np.mean(totals["entropy"])),
-            "train/imagined_return": float(np.mean(imagined_returns)),
-            "train/imagined_reward_sum": float(np.mean(imagined_rewards)),
-            "train/imagined_reward_per_step": float(np.mean(imagined_rewards_per_step)),
-        }
-
     def _tokenizer_stopped(self, epoch: int) -> bool:
         """True once the tokenizer's training is over (``tokenizer_stop_after_epochs``)."""
         stop = self.tokenizer_stop_after_epochs
         return stop is not None and epoch > stop
+
+    def _phase_runs(self, epoch: int, name: str) -> bool:
+        """Whether part ``name`` trains in ``epoch``: after its warm-up, before its stop, with updates to do."""
+        if epoch <= getattr(self, f"{name}_start_after_epochs") or getattr(self, f"{name}_updates_per_epoch") == 0:
+            return False  # a part frozen with 0 updates per epoch: no phase, no (NaN) losses logged
+        return not (name == "tokenizer" and self._tokenizer_stopped(epoch))
 
     def train(self) -> None:
         """One epoch of training: tokenizer, then world model, then actor-critic (each after its warm-up)."""
@@ -672,27 +572,16 @@ class IRIS(BaseAlgorithm):
         epoch = self._n_epochs
         metrics: dict[str, float] = {}
         phase_times: dict[str, float] = {}
-        phases = (
-            ("tokenizer", self.tokenizer_start_after_epochs, self._train_tokenizer),
-            ("world_model", self.world_model_start_after_epochs, self._train_world_model),
-            ("actor_critic", self.actor_critic_start_after_epochs, self._train_actor_critic),
-        )
-        for name, start_after, train_phase in phases:
-            if epoch <= start_after or (name == "tokenizer" and self._tokenizer_stopped(epoch)):
+        for phase in make_phases(self):
+            if not self._phase_runs(epoch, phase.name):
                 continue
-            if getattr(self, f"{name}_updates_per_epoch") == 0:
-                continue  # a part frozen with 0 updates per epoch: no phase, no (NaN) losses logged
             if self.verbose >= 2:
-                print(f"IRIS epoch {epoch}: training {name}", file=sys.stderr)
+                print(f"IRIS epoch {epoch}: training {phase.name}", file=sys.stderr)
             start = time.perf_counter()
-            self._phase_progress = (name, start, start)
-            try:
-                metrics.update(train_phase())
-            finally:
-                if name == "tokenizer":
-                    # Tokens cached with the previous tokenizer are stale now (also after an interrupted phase).
-                    self.tokenizer_cache.invalidate()
-            phase_times[name] = time.perf_counter() - start
+            history = run_phase(phase, self._progress_reporter(epoch, phase.name))
+            metrics.update(phase_metrics(phase, history))
+            self._n_updates += phase.n_updates
+            phase_times[phase.name] = time.perf_counter() - start
         for key, value in metrics.items():
             self.logger.record(key, value)
         self.last_phase_seconds = phase_times
@@ -701,6 +590,24 @@ class IRIS(BaseAlgorithm):
         self.logger.record("train/n_updates", self._n_updates)
         self.logger.record("train/epoch", self._n_epochs)
         self.logger.record("train/learning_rate", self.lr_schedule(self._current_progress_remaining))
+
+    def train_part(self, name: str) -> dict[str, float]:
+        """Run one part's phase now (``<name>_updates_per_epoch`` updates), whatever the schedule says.
+
+        :param name: ``"tokenizer"``, ``"world_model"`` or ``"actor_critic"``
+        :return: the phase's metrics (``train/...`` keys), not logged
+        """
+        (phase,) = [phase for phase in make_phases(self) if phase.name == name]
+        metrics = phase_metrics(phase, run_phase(phase))
+        self._n_updates += phase.n_updates
+        return metrics
+
+    def _progress_reporter(self, epoch: int, name: str) -> Optional[Callable[[int, int], None]]:
+        """What reports a phase's progress (verbose >= 1 or progress_bar: sb3_iris.progress), None if nothing."""
+        progress = self._progress
+        if progress is None:
+            return None
+        return lambda done, total: progress.phase_update(epoch, name, done, total)
 
     # ----------------------------------------------------------------------------------------------
     # Collection
@@ -724,15 +631,15 @@ class IRIS(BaseAlgorithm):
             if len(tail):
                 frames[i, length - len(tail) :] = tail
                 mask[i, length - len(tail) :] = True
-        reconstructions = policy.reconstruct(self._to_tensor(frames.reshape(-1, *shape)))
+        reconstructions = policy.reconstruct(self.to_tensor(frames.reshape(-1, *shape)))
         reconstructions = reconstructions.view(self.n_envs, length, *reconstructions.shape[1:])
-        return policy.actor_critic.burn_in(reconstructions, self._to_tensor(mask), state)
+        return policy.actor_critic.burn_in(reconstructions, self.to_tensor(mask), state)
 
     def _sample_collection_actions(self, episode_starts: np.ndarray) -> np.ndarray:
         policy = self.policy
         assert self._collection_state is not None
-        observations = self._to_tensor(self._last_obs)
-        starts = self._to_tensor(episode_starts)
+        observations = self.to_tensor(self._last_obs)
+        starts = self.to_tensor(episode_starts)
         actions, self._collection_state = policy.act(
             observations, self._collection_state, starts, temperature=self.collect_temperature
         )
@@ -839,6 +746,7 @@ class IRIS(BaseAlgorithm):
             self.replay_buffer.close_ongoing_episodes()
         self.tokenizer_cache.attach(self.replay_buffer)
         n_vec_steps = -(-self.n_steps_per_epoch // self.n_envs)
+        self._apply_process_options()
         timesteps = total_timesteps - self.num_timesteps
         self._progress = self._start_progress(timesteps, n_vec_steps * self.n_envs, progress_bar)
 
@@ -857,6 +765,14 @@ class IRIS(BaseAlgorithm):
         self._progress = None
         callback.on_training_end()
         return self
+
+    def _apply_process_options(self) -> None:
+        """The process-wide switches (the CPU allocator), applied by learn(), announced at verbose >= 1."""
+        if apply_process_options(self.performance) and self.verbose >= 1:
+            print(
+                "IRIS: tuned glibc malloc for this process (tune_cpu_allocator; process-wide, kept after learn())",
+                file=sys.stderr,
+            )
 
     def _start_progress(self, timesteps: int, steps_per_epoch: int, progress_bar: bool) -> TrainingProgress:
         """The schedule of a learn() call: warn if a part never trains in it; print it at verbose >= 1."""
@@ -878,7 +794,7 @@ class IRIS(BaseAlgorithm):
     def _run_epoch(self, log_interval: int, collected: bool = True) -> None:
         self._n_epochs += 1
         self.train()
-        progress = getattr(self, "_progress", None)
+        progress = self._progress
         if progress is not None:
             collection_seconds = self.last_collection_seconds if collected else None
             progress.epoch_end(self._n_epochs, self.last_phase_seconds, collection_seconds)

@@ -154,11 +154,13 @@ class IrisPolicy(BasePolicy):
             observation_shape=tuple(self.observation_space.shape),
         )
         self.actor_critic = ActorCritic(actor_critic_config)
-
-        self.make_optimizers(lr_schedule)
+        # The optimisers are made once the networks are on their device (fused kernels need the parameters there):
+        # IRIS._setup_model calls make_optimizers after policy.to(device).
 
     def make_optimizers(self, lr_schedule: Schedule, fused: bool = False) -> None:
-        """(Re)create the three optimisers: Adam for tokenizer and actor-critic, AdamW for the world model.
+        """Create the three optimisers: Adam for tokenizer and actor-critic, AdamW for the world model.
+
+        Call it once the networks are on their device (the algorithm does, in ``_setup_model``).
 
         :param lr_schedule: learning-rate schedule (its value at progress 1 is the initial rate)
         :param fused: use fused kernels where this torch supports them for the parameters' device
