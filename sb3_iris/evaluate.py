@@ -58,6 +58,7 @@ from sb3_iris.envs import (  # noqa: F401
     observation_to_policy,
     resolve_env_settings,
 )
+from sb3_iris.nn.actor_critic import LSTMState
 
 __all__ = [
     "EvaluationResult",
@@ -110,6 +111,10 @@ class IrisAgent:
     def reset(self) -> None:
         """Start a new episode (the LSTM state is reset at the next :meth:`act`)."""
         self._episode_start = True
+
+    def lstm_state(self) -> LSTMState:
+        """The LSTM state the next :meth:`act` starts from (the initial one when a new episode starts)."""
+        return self.policy.initial_state(1) if self._episode_start else self.state
 
     def to_tensor(self, observation: np.ndarray) -> torch.Tensor:
         """``(1, *policy_obs_shape)`` tensor of one env observation."""

@@ -34,7 +34,7 @@ from sb3_iris.caches import FrozenTokenizerCache
 from sb3_iris.checkpoint import atomic_write, capture_rng_states, check_state_dict_shapes, restore_rng_states
 from sb3_iris.defaults import PRESET_HYPERPARAMETERS, merge_policy_kwargs, resolve_preset
 from sb3_iris.envs import truncations_from_infos
-from sb3_iris.imagination import OneTokenStepper, imagine_rollouts
+from sb3_iris.imagination import DreamEnv, OneTokenStepper, imagine_rollouts
 from sb3_iris.nn.actor_critic import LSTMState
 from sb3_iris.performance import PerformanceOptions, apply_process_options, autocast_context, configure_modules
 from sb3_iris.policies import CnnPolicy, IrisPolicy, MlpPolicy
@@ -358,8 +358,11 @@ class IRIS(BaseAlgorithm):
             autocast=self.autocast,
         )
         self.tokenizer_cache.attach(self.replay_buffer)
-        self._token_stepper = (
-            OneTokenStepper(self.policy.world_model, compile=True) if self.performance.compile_imagination else None
+        compiled = self.performance.compile_imagination
+        stepper = OneTokenStepper(self.policy.world_model, compile=True) if compiled else None
+        # One dream environment reused by every imagination (its KV cache is allocated once per batch size).
+        self.dream_env = DreamEnv(
+            self.policy.world_model, self.imagination_temperature, self.performance.merge_last_token, stepper
         )
         self._collection_state = None
 
@@ -380,9 +383,8 @@ class IRIS(BaseAlgorithm):
             "_collection_state",
             "tokenizer_cache",
             "performance",
-            "_kv_cache",
             "_progress",
-            "_token_stepper",
+            "dream_env",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
@@ -539,19 +541,9 @@ class IRIS(BaseAlgorithm):
                 self.imagination_horizon,
                 temperature=self.imagination_temperature,
                 keep_observations=keep_observations,
-                cache=self._imagination_cache(batch_size),
-                merge_last_token=self.performance.merge_last_token,
                 context_reconstructions=reconstructions,
-                stepper=self._token_stepper,
+                dream=self.dream_env,
             )
-
-    def _imagination_cache(self, batch_size: int):
-        """A KV cache reused across actor-critic updates (no per-update allocation)."""
-        cache = getattr(self, "_kv_cache", None)
-        if cache is None or cache.batch_size != batch_size:
-            cache = self.policy.world_model.new_cache(batch_size, self.device)
-            self._kv_cache = cache
-        return cache
 
     def _tokenizer_stopped(self, epoch: int) -> bool:
         """True once the tokenizer's training is over (``tokenizer_stop_after_epochs``)."""

@@ -405,7 +405,7 @@ def test_compile_imagination_trains_like_the_plain_path():
         model = IRIS(
             "CnnPolicy", ColorBoxEnv(), seed=4, **tiny_iris_kwargs(image=True, compile_imagination=compile_imagination)
         )
-        assert (model._token_stepper is not None) is compile_imagination
+        assert (model.dream_env.stepper is not None) is compile_imagination
         model.learn(2 * model.n_steps_per_epoch)
         parameters.append([p.detach().clone() for p in model.policy.actor_critic.parameters()])
     for plain, compiled in zip(*parameters):
