@@ -6,50 +6,31 @@ train the tokenizer, the world model and the actor-critic (in imagination), each
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import pathlib
-import pickle
 import sys
 import time
 import warnings
-import zipfile
-from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
 
 import numpy as np
 import torch
-from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import safe_mean
-from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_iris.archive import STATE_DICT_NAMES, check_model_archive
 from sb3_iris.buffers import EpisodeReplayBuffer
 from sb3_iris.caches import FrozenTokenizerCache
-from sb3_iris.checkpoint import atomic_write, capture_rng_states, check_state_dict_shapes, restore_rng_states
+from sb3_iris.collection import IrisCollection
 from sb3_iris.defaults import PRESET_HYPERPARAMETERS, merge_policy_kwargs, resolve_preset
-from sb3_iris.envs import truncations_from_infos
 from sb3_iris.imagination import DreamEnv, OneTokenStepper, imagine_rollouts
 from sb3_iris.nn.actor_critic import LSTMState
 from sb3_iris.performance import PerformanceOptions, apply_process_options, autocast_context, configure_modules
+from sb3_iris.persistence import IrisPersistence
 from sb3_iris.policies import CnnPolicy, IrisPolicy, MlpPolicy
 from sb3_iris.progress import TrainingProgress, network_summary, schedule_line
-from sb3_iris.schedule import PARTS, check_final_training_epochs, final_epochs, plan_epochs, unreachable_message
+from sb3_iris.schedule import PARTS, final_epochs, plan_epochs, unreachable_message
 from sb3_iris.spaces import check_env_spaces, check_spaces
 from sb3_iris.training import make_phases, phase_metrics, run_phase
-from sb3_iris.validation import (
-    check_env_step,
-    check_integer,
-    check_policy_kwargs,
-    check_real,
-    check_total_timesteps,
-    is_integer,
-)
+from sb3_iris.validation import check_hyperparameters, check_networks_fit, check_total_timesteps
 
 SelfIRIS = TypeVar("SelfIRIS", bound="IRIS")
 
@@ -57,7 +38,7 @@ SelfIRIS = TypeVar("SelfIRIS", bound="IRIS")
 PROGRESS_PRINT_SECONDS = 30.0
 
 
-class IRIS(BaseAlgorithm):
+class IRIS(IrisPersistence, IrisCollection):
     """IRIS: Transformers are Sample-Efficient World Models (Micheli et al., ICLR 2023).
 
     Paper: https://arxiv.org/abs/2209.00588. Defaults depend on the policy (``preset``, :mod:`sb3_iris.defaults`):
@@ -259,50 +240,8 @@ class IRIS(BaseAlgorithm):
         self.policy_kwargs = merge_policy_kwargs(self.preset, self.policy_kwargs)
 
     def _validate_hyperparameters(self) -> None:
-        """Refuse impossible values before any work, naming the argument, the value and what is valid.
-
-        Also non-finite numbers (NaN fails every comparison) and values of the wrong type (``buffer_size="4"``).
-        """
-        positive = (
-            "n_steps_per_epoch",
-            "tokenizer_batch_size",
-            "world_model_batch_size",
-            "actor_critic_batch_size",
-            "sequence_length",
-            "imagination_horizon",
-        )
-        for name in positive:
-            check_integer(name, getattr(self, name), 1)
-        non_negative = (
-            # 0 updates per epoch freezes that part (its phase is skipped).
-            "tokenizer_updates_per_epoch",
-            "world_model_updates_per_epoch",
-            "actor_critic_updates_per_epoch",
-            "tokenizer_start_after_epochs",
-            "world_model_start_after_epochs",
-            "actor_critic_start_after_epochs",
-            "burn_in",
-        )
-        for name in non_negative:
-            check_integer(name, getattr(self, name), 0)
-        check_final_training_epochs(self.final_training_epochs)
-        if self.tokenizer_stop_after_epochs is not None:
-            check_integer("tokenizer_stop_after_epochs", self.tokenizer_stop_after_epochs, 0)
-        if self.imagination_horizon < 2:
-            raise ValueError(f"imagination_horizon={self.imagination_horizon} must be >= 2 (the loss uses H - 1 steps)")
-        for name in ("gamma", "gae_lambda", "collect_epsilon"):
-            check_real(name, getattr(self, name), 0.0, 1.0)
-        for name in ("collect_temperature", "imagination_temperature", "max_grad_norm"):
-            check_real(name, getattr(self, name), low=0.0, low_inclusive=False)
-        check_real("ent_coef", self.ent_coef, low=0.0)
-        if not callable(self.learning_rate):
-            check_real("learning_rate", self.learning_rate, low=0.0, low_inclusive=False)
-        if self.buffer_size is not None and (not is_integer(self.buffer_size) or self.buffer_size < 1):
-            raise ValueError(f"buffer_size={self.buffer_size!r} must be >= 1 (an integer) or None")
-        check_real("reconstruction_cache_gb", self.reconstruction_cache_gb, low=0.0)
-        if self.replay_memory_budget_gb is not None:
-            check_real("replay_memory_budget_gb", self.replay_memory_budget_gb, low=0.0, low_inclusive=False)
-        check_policy_kwargs(self.policy_kwargs)
+        """Refuse impossible values before any work (:func:`sb3_iris.validation.check_hyperparameters`)."""
+        check_hyperparameters(self)
 
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
@@ -326,28 +265,9 @@ class IRIS(BaseAlgorithm):
         self.policy = self.policy.to(self.device)
         configure_modules(self.performance, self.policy.tokenizer, self.policy.actor_critic)
         self.policy.make_optimizers(self.lr_schedule, fused=bool(self.performance.fused_optimizers))
-        if self.policy.world_model.config.parallel_observations and self.performance.compile_imagination:
-            raise ValueError(
-                "compile_imagination=True cannot be combined with world_model_kwargs parallel_observations=True "
-                "(the compiled pass generates one token at a time); set one of them to False"
-            )
-        max_blocks = self.policy.world_model.config.max_blocks
-        if self.sequence_length > max_blocks:
-            raise ValueError(
-                f"sequence_length={self.sequence_length} exceeds the world model's context "
-                f"(world_model_kwargs max_blocks={max_blocks})"
-            )
-        imagined_blocks = min(self.imagination_horizon + 1, max_blocks)
-        if imagined_blocks > self.sequence_length:
-            warnings.warn(
-                f"imagination_horizon={self.imagination_horizon} reaches block position {imagined_blocks} of the "
-                f"world model, but it is trained on segments of sequence_length={self.sequence_length} blocks: the "
-                f"last {imagined_blocks - self.sequence_length} imagined steps use position embeddings that never "
-                f"receive training. Use sequence_length >= min(imagination_horizon + 1, max_blocks={max_blocks}) "
-                "(IRIS: 20 and 20, re-priming at max_blocks=20).",
-                UserWarning,
-                stacklevel=2,
-            )
+        check_networks_fit(
+            self.policy.world_model.config, self.sequence_length, self.imagination_horizon, self.performance
+        )
         self.replay_buffer = self._make_replay_buffer()
         self.tokenizer_cache = FrozenTokenizerCache(
             self.policy.tokenizer,
@@ -386,108 +306,6 @@ class IRIS(BaseAlgorithm):
             "_progress",
             "dream_env",
         ]
-
-    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        return list(STATE_DICT_NAMES), []
-
-    def save(
-        self,
-        path: Union[str, pathlib.Path, io.BufferedIOBase],
-        exclude: Optional[Iterable[str]] = None,
-        include: Optional[Iterable[str]] = None,
-    ) -> None:
-        """Save the model (see ``BaseAlgorithm.save``), atomically, with the random-number streams of the run.
-
-        A path is written through a temporary file in the same folder that replaces the target only once it
-        is complete: a save that fails halfway leaves the previous file as it was. The states of torch's,
-        NumPy's and Python's generators are saved too, and :meth:`load` restores them, so that
-        ``save`` -> ``load`` -> ``learn(..., reset_num_timesteps=False)`` continues the same random streams.
-
-        :param path: file (``.zip`` added when the name has no suffix) or writable file-like object
-        :param exclude: attributes not to save, in addition to the default ones
-        :param include: attributes to save although excluded by default
-        """
-        save = super().save
-        self._rng_states = capture_rng_states()
-        try:
-            if isinstance(path, (str, os.PathLike)):
-                atomic_write(path, "zip", lambda temporary: save(temporary, exclude, include))
-            else:
-                save(path, exclude, include)
-        finally:
-            del self._rng_states
-
-    def set_parameters(
-        self,
-        load_path_or_dict: Union[str, pathlib.Path, io.BufferedIOBase, dict[str, Any]],
-        exact_match: bool = True,
-        device: Union[torch.device, str] = "auto",
-    ) -> None:
-        """Load parameters and optimiser states (see ``BaseAlgorithm.set_parameters``), all or nothing.
-
-        Every tensor's shape (and, with ``exact_match``, every name) is checked before anything is loaded: a
-        file of another architecture raises a ``ValueError`` listing the differences and changes nothing.
-
-        :param load_path_or_dict: a model file, or a dict of state dicts by name (``get_parameters()``)
-        :param exact_match: also refuse missing or unexpected state dicts and tensors
-        :param device: where to load the tensors of a file
-        """
-        if isinstance(load_path_or_dict, dict):
-            params = load_path_or_dict
-        else:
-            _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
-        objects = {name: getattr(self.policy, name.split(".", 1)[1], None) for name in STATE_DICT_NAMES[1:]}
-        objects["policy"] = self.policy
-        check_state_dict_shapes(objects, params, list(STATE_DICT_NAMES), exact_match)
-        super().set_parameters(params, exact_match=exact_match, device=device)
-
-    @classmethod
-    def load(  # type: ignore[override]
-        cls: type[SelfIRIS],
-        path: Union[str, pathlib.Path, io.BufferedIOBase],
-        env: Optional[GymEnv] = None,
-        device: Union[torch.device, str] = "auto",
-        custom_objects: Optional[dict[str, Any]] = None,
-        print_system_info: bool = False,
-        force_reset: bool = True,
-        **kwargs: Any,
-    ) -> SelfIRIS:
-        """Load a model saved with :meth:`save` (see ``BaseAlgorithm.load``).
-
-        A file that is not a zip archive, is truncated or corrupted, or lacks the IRIS parts raises a
-        ``ValueError`` that names the file and the problem. The random-number streams (torch, NumPy, Python)
-        continue from their state at :meth:`save`, also when ``seed`` is given (it only sets ``model.seed``);
-        call ``model.set_random_seed(seed)`` afterwards to restart them instead. With ``env`` and
-        ``force_reset=False``, a live env in the same process continues its episodes too (see the README's
-        Reliability section).
-        """
-        check_model_archive(path)
-        try:
-            model = super().load(
-                path,
-                env=env,
-                device=device,
-                custom_objects=custom_objects,
-                print_system_info=print_system_info,
-                force_reset=force_reset,
-                **kwargs,
-            )
-        except (
-            zipfile.BadZipFile,
-            KeyError,
-            EOFError,
-            AssertionError,
-            pickle.UnpicklingError,
-            RuntimeError,
-            json.JSONDecodeError,
-            UnicodeDecodeError,
-        ) as e:
-            raise ValueError(f"could not load IRIS model from {path}: {type(e).__name__}: {e}") from e
-        # BaseAlgorithm.load re-seeded the generators from `seed`; continue the saved streams instead.
-        rng_states = model.__dict__.pop("_rng_states", None)
-        if rng_states is not None:
-            restore_rng_states(rng_states)
-        return model
 
     # ----------------------------------------------------------------------------------------------
     # Data: tokens of replay observations
@@ -602,102 +420,6 @@ class IRIS(BaseAlgorithm):
         return lambda done, total: progress.phase_update(epoch, name, done, total)
 
     # ----------------------------------------------------------------------------------------------
-    # Collection
-    # ----------------------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def _burn_in_collection_state(self) -> LSTMState:
-        """LSTM state from the last ``burn_in`` frames of each env's ongoing episode (IRIS, at each collection)."""
-        policy = self.policy
-        state = policy.initial_state(self.n_envs)
-        if self.burn_in == 0:
-            return state
-        tails = [self.replay_buffer.episode_tail(i, self.burn_in) for i in range(self.n_envs)]
-        length = max(len(tail) for tail in tails)
-        if length == 0:
-            return state
-        shape = self.observation_space.shape
-        frames = np.zeros((self.n_envs, length, *shape), dtype=self.replay_buffer.observation_dtype)
-        mask = np.zeros((self.n_envs, length), dtype=bool)
-        for i, tail in enumerate(tails):
-            if len(tail):
-                frames[i, length - len(tail) :] = tail
-                mask[i, length - len(tail) :] = True
-        reconstructions = policy.reconstruct(self.to_tensor(frames.reshape(-1, *shape)))
-        reconstructions = reconstructions.view(self.n_envs, length, *reconstructions.shape[1:])
-        return policy.actor_critic.burn_in(reconstructions, self.to_tensor(mask), state)
-
-    def _sample_collection_actions(self, episode_starts: np.ndarray) -> np.ndarray:
-        policy = self.policy
-        assert self._collection_state is not None
-        observations = self.to_tensor(self._last_obs)
-        starts = self.to_tensor(episode_starts)
-        actions, self._collection_state = policy.act(
-            observations, self._collection_state, starts, temperature=self.collect_temperature
-        )
-        actions_np = actions.cpu().numpy()
-        explore = np.random.random_sample(self.n_envs) < self.collect_epsilon
-        if explore.any():
-            actions_np[explore] = np.random.randint(self.action_space.n, size=int(explore.sum()))
-        return actions_np
-
-    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, n_vec_steps: int) -> bool:
-        """Collect ``n_vec_steps`` steps of every env into the replay; False if a callback stopped training.
-
-        :param env: the training VecEnv
-        :param callback: callback called after every env step
-        :param n_vec_steps: VecEnv steps to collect
-        """
-        start = time.perf_counter()
-        self.policy.set_training_mode(False)
-        self._collection_state = self._burn_in_collection_state()
-        callback.on_rollout_start()
-        reward_sum = 0.0
-        for step in range(n_vec_steps):
-            actions = self._sample_collection_actions(self._last_episode_starts)
-            try:
-                if step == 0:
-                    check_env_step(self._last_obs, None, self.num_timesteps)  # e.g. the observations of a reset
-                new_obs, rewards, dones, infos = env.step(actions)
-                check_env_step(new_obs, rewards, self.num_timesteps + env.num_envs)
-            except BaseException:
-                # The envs may have moved on without this step being stored: the next learn() resets them (and
-                # ends the replay's ongoing episodes) instead of joining two episodes.
-                self._last_obs = None
-                raise
-            self.num_timesteps += env.num_envs
-            reward_sum += float(np.sum(rewards))
-
-            callback.update_locals(locals())
-            try:
-                continue_training = callback.on_step()
-            finally:
-                # Stored also when the callback stops training or raises (KeyboardInterrupt): the envs took this
-                # step, so dropping it would lose a transition and join two episodes in the replay.
-                self._store_transition(actions, new_obs, rewards, dones, infos)
-            if not continue_training:
-                return False
-        self.last_collection_seconds = time.perf_counter() - start
-        self.logger.record("time/collection_seconds", self.last_collection_seconds)
-        # Comparable with train/imagined_reward_per_step: is the world model's picture of rewards the real one?
-        self.logger.record("rollout/reward_per_step", reward_sum / max(n_vec_steps * env.num_envs, 1))
-        callback.on_rollout_end()
-        return True
-
-    def _store_transition(
-        self, actions: np.ndarray, new_obs: np.ndarray, rewards: np.ndarray, dones: np.ndarray, infos: list[dict]
-    ) -> None:
-        """Add one VecEnv step to the replay and move the collection state on to ``new_obs``."""
-        self._update_info_buffer(infos, dones)
-        truncations = truncations_from_infos(infos, dones)
-        terminations = dones & ~truncations
-        self.replay_buffer.add(self._last_obs, actions, rewards, terminations, truncations)
-        self._last_obs = new_obs
-        self._last_episode_starts = dones
-        self._episode_num += int(dones.sum())
-        self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
-
-    # ----------------------------------------------------------------------------------------------
     # learn
     # ----------------------------------------------------------------------------------------------
 
@@ -807,68 +529,3 @@ class IRIS(BaseAlgorithm):
         self.logger.record("time/time_elapsed", int(elapsed), exclude="tensorboard")
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         self.logger.dump(step=self.num_timesteps)
-
-    # ----------------------------------------------------------------------------------------------
-    # Replay save / load
-    # ----------------------------------------------------------------------------------------------
-
-    def save_replay_buffer(self, path: Union[str, pathlib.Path, io.BufferedIOBase]) -> None:
-        """Save the replay buffer (pickled, trimmed to the stored data, with its sampling RNG) to ``path``.
-
-        A path is written atomically, as :meth:`save` does (``.pkl`` added when the name has no suffix).
-
-        :param path: file or writable file-like object
-        """
-        from stable_baselines3.common.save_util import save_to_pkl
-
-        self.replay_buffer.action_space = self.action_space
-        if isinstance(path, (str, os.PathLike)):
-            atomic_write(path, "pkl", lambda temporary: save_to_pkl(temporary, self.replay_buffer, self.verbose))
-        else:
-            save_to_pkl(path, self.replay_buffer, self.verbose)
-
-    def load_replay_buffer(self, path, truncate_last_traj: bool = True) -> None:
-        """Load a replay buffer saved by :meth:`save_replay_buffer`.
-
-        :param path: file written by :meth:`save_replay_buffer`
-        :param truncate_last_traj: kept for SB3 signature compatibility; the ongoing episodes of a loaded
-            buffer are always closed when the env is reset
-        """
-        from stable_baselines3.common.save_util import load_from_pkl
-
-        try:
-            buffer = load_from_pkl(path, self.verbose)
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError) as e:
-            raise ValueError(
-                f"could not load an IRIS replay buffer from {path!s}: not a file written by save_replay_buffer() "
-                f"({type(e).__name__}: {e})"
-            ) from e
-        if not isinstance(buffer, EpisodeReplayBuffer):
-            raise TypeError(f"{path!s} does not contain an IRIS EpisodeReplayBuffer (found {type(buffer).__name__})")
-        self._check_loaded_replay(buffer, path)
-        self.replay_buffer = buffer
-        self.tokenizer_cache.attach(buffer)
-
-    def _check_loaded_replay(self, buffer: EpisodeReplayBuffer, path: Any) -> None:
-        """Refuse a replay of other spaces or envs, or one whose arrays are inconsistent, before using it."""
-        if buffer.observation_space.shape != self.observation_space.shape:
-            raise ValueError(
-                f"replay observations of shape {buffer.observation_space.shape} do not match the model's "
-                f"{self.observation_space.shape}"
-            )
-        expected_dtype = self.replay_buffer.observation_dtype  # the model's own (empty or not) replay
-        if buffer.observation_dtype != expected_dtype:
-            raise ValueError(
-                f"replay observations stored as {buffer.observation_dtype} do not match the model's "
-                f"{expected_dtype} (observation_space={self.observation_space}; replay: {buffer.observation_space})"
-            )
-        n_actions = int(self.action_space.n)
-        if buffer.action_space is not None and int(buffer.action_space.n) != n_actions:
-            raise ValueError(
-                f"the replay in {path!s} holds actions of {buffer.action_space} but the model has "
-                f"action_space={self.action_space}: its actions would be read as other actions"
-            )
-        try:
-            buffer.check_integrity(n_actions)
-        except ValueError as e:
-            raise ValueError(f"could not load the replay buffer in {path!s}: {e}") from e
