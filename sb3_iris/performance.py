@@ -11,11 +11,10 @@
   wrapped in ``torch.compile`` (on CUDA with ``mode="reduce-overhead"``, i.e. replayed as a CUDA graph). Off by
   default: compiling takes a minute, and its gain has not been measured on a GPU yet (see the README).
 - ``tune_cpu_allocator``: keep freed CPU memory in the process (glibc ``mallopt``) instead of returning every
-  large tensor to the kernel with ``munmap`` and page-faulting it back in on the next allocation. PyTorch's CPU
-  allocator is plain ``malloc``: without this, one paper-sized tokenizer update page-faults about 2 GB of
-  activations every step, and half the time of a step can go to the kernel zeroing pages. It changes no
-  numbers (only where memory comes from); the price is a higher resident set (freed memory is reused, not
-  returned). Process-wide and not undone by later IRIS objects: applied when ``IRIS.learn()`` starts (announced at
+  large tensor to the kernel with ``munmap`` and page-faulting it back in on the next allocation (PyTorch's CPU
+  allocator is plain ``malloc``; the README's performance section has the measured cost). It changes no numbers
+  (only where memory comes from); the price is a higher resident set (freed memory is reused, not returned).
+  Process-wide and not undone by later IRIS objects: applied when ``IRIS.learn()`` starts (announced at
   ``verbose >= 1``), never by ``IRIS.load`` or the evaluate / play tools.
 """
 
