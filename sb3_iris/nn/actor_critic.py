@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sb3_iris.nn.config_checks import check_int_tuples, check_ints
+from sb3_iris.nn.config_checks import check_bools, check_int_tuples, check_ints
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
@@ -32,6 +32,9 @@ class ActorCriticConfig:
     :param lstm_dim: LSTMCell size (with ``recurrent=False``: size of the Linear + ReLU layer that replaces it)
     :param recurrent: True for IRIS's LSTMCell; False for a feed-forward core whose state is passed through
         unchanged (the state tensors keep their shapes, so callers need not know which core is used)
+    :param flatten_images: read images with the MLP encoder (``mlp_hidden_sizes``) over their flattened pixels
+        instead of the conv stages (not in IRIS; False). For small synthetic images such as MinAtar's 16x16, where
+        one pixel is one object and the conv stages' max-pooling blurs the positions that matter
     """
 
     num_actions: int = 18
@@ -40,8 +43,10 @@ class ActorCriticConfig:
     mlp_hidden_sizes: tuple[int, ...] = (256, 256)
     lstm_dim: int = 512
     recurrent: bool = True
+    flatten_images: bool = False
 
     def __post_init__(self) -> None:
+        check_bools(self, ("flatten_images",))
         check_ints(self, ("num_actions", "lstm_dim"))
         check_int_tuples(self, ("observation_shape",), allow_empty=False)
         check_int_tuples(self, ("conv_channels", "mlp_hidden_sizes"))
@@ -99,7 +104,11 @@ class ActorCritic(nn.Module):
                 f"actor_critic_kwargs recurrent={config.recurrent!r} must be True (LSTMCell, IRIS) or False "
                 "(feed-forward)"
             )
-        if config.is_image:
+        if config.is_image and config.flatten_images:
+            c, h, w = config.observation_shape
+            self.encoder = nn.Sequential(nn.Flatten(), _mlp_encoder(c * h * w, config.mlp_hidden_sizes))
+            features = config.mlp_hidden_sizes[-1] if config.mlp_hidden_sizes else c * h * w
+        elif config.is_image:
             c, h, w = config.observation_shape
             downscale = 2 ** len(config.conv_channels)
             if h % downscale or w % downscale:

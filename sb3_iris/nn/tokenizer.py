@@ -47,12 +47,14 @@ class VectorQuantizer(nn.Module):
     :param embed_dim: dimension of each codebook vector
     :param beta: weight of the commitment term ``beta * ||z - sg(zq)||^2`` (IRIS: 1)
     :param restart_unused_codes: not in IRIS (False). In training mode, keep a moving average of how often each
-        code is chosen (decay ``usage_decay``); a code whose average falls below ``usage_threshold`` is moved onto an
-        encoder output of the current batch, drawn with probability proportional to its squared distance from its
-        nearest code (so restarts go to the worst-represented inputs). Against codebook collapse, where a few
-        codes take every input and the others are never chosen again.
+        code is chosen (decay ``usage_decay``); a code whose average falls below ``usage_threshold`` is moved onto a
+        badly represented encoder output of the current batch: one whose squared distance from its nearest code is
+        above ``error_threshold`` times the batch's mean squared norm, drawn with probability proportional to that
+        distance. Against codebook collapse, where a few codes take every input and the others are never chosen
+        again. Once every input is represented, nothing is restarted, so the codes stop moving.
     :param usage_decay: decay of the usage moving average
-    :param usage_threshold: average uses per batch below which a code is restarted
+    :param usage_threshold: average uses per batch below which a code counts as unused
+    :param error_threshold: relative squared quantisation error above which an input counts as badly represented
     """
 
     def __init__(
@@ -61,8 +63,9 @@ class VectorQuantizer(nn.Module):
         embed_dim: int,
         beta: float = 1.0,
         restart_unused_codes: bool = False,
-        usage_decay: float = 0.9,
+        usage_decay: float = 0.99,
         usage_threshold: float = 0.01,
+        error_threshold: float = 0.01,
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
@@ -74,6 +77,7 @@ class VectorQuantizer(nn.Module):
         self.restart_unused_codes = restart_unused_codes
         self.usage_decay = usage_decay
         self.usage_threshold = usage_threshold
+        self.error_threshold = error_threshold
         if restart_unused_codes:
             self.register_buffer("code_usage", torch.ones(vocab_size))
 
@@ -108,8 +112,9 @@ class VectorQuantizer(nn.Module):
             return
         flat = z.reshape(-1, self.embed_dim).float()
         errors = (flat - self.codebook.weight[tokens.reshape(-1)].float()).pow(2).sum(1)
-        if float(errors.sum()) <= 0:
-            return  # every input is represented exactly: nothing to restart onto
+        errors = torch.where(errors > self.error_threshold * flat.pow(2).sum(1).mean(), errors, 0.0)
+        if not bool((errors > 0).any()):
+            return  # every input is well represented: nothing to restart onto
         chosen = torch.multinomial(errors, unused.numel(), replacement=True)
         self.codebook.weight[unused] = flat[chosen].to(self.codebook.weight.dtype)
         self.code_usage[unused] = 1.0

@@ -1,10 +1,12 @@
-"""The local-patch tokenizer and unused-code restarts (both off by default, not in IRIS)."""
+"""Switches for small synthetic images (MinAtar), all off by default and not in IRIS: the local-patch tokenizer,
+unused-code restarts and the actor-critic that reads flattened frames."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from sb3_iris.nn.actor_critic import ActorCritic, ActorCriticConfig
 from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig, VectorQuantizer
 
 
@@ -101,3 +103,43 @@ def test_switches_default_to_the_published_tokenizer() -> None:
 def test_switches_must_be_bools(name: str) -> None:
     with pytest.raises(ValueError, match=name):
         small_config(**{name: 1})
+
+
+def test_no_restart_once_every_input_is_well_represented() -> None:
+    quantizer = VectorQuantizer(4, 2, restart_unused_codes=True, usage_decay=0.5, usage_threshold=0.1)
+    with torch.no_grad():
+        quantizer.codebook.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [50.0, 50.0], [60.0, 60.0]]))
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(8, 1).unsqueeze(0)  # exactly codes 0 and 1
+    quantizer.train()
+    for _ in range(10):  # codes 2 and 3 fall out of use, but nothing is badly represented
+        quantizer(z)
+    assert bool((quantizer.code_usage[2:] < 0.1).all())
+    assert torch.equal(quantizer.codebook.weight[2:], torch.tensor([[50.0, 50.0], [60.0, 60.0]]))
+
+
+def test_flattened_image_actor_reads_every_pixel_through_the_mlp() -> None:
+    torch.manual_seed(0)
+    config = ActorCriticConfig(
+        num_actions=3, observation_shape=(3, 16, 16), mlp_hidden_sizes=(32,), lstm_dim=16, flatten_images=True
+    )
+    actor_critic = ActorCritic(config)
+    assert not any(isinstance(module, torch.nn.Conv2d) for module in actor_critic.modules())
+    first = next(module for module in actor_critic.modules() if isinstance(module, torch.nn.Linear))
+    assert first.in_features == 3 * 16 * 16
+    observations = torch.zeros(2, 3, 16, 16)
+    moved = observations.clone()
+    moved[1, 0, 15, 15] = 1.0  # one pixel, in the corner a 2x2 max-pool would merge with its neighbours
+    with torch.no_grad():
+        output = actor_critic(observations, actor_critic.initial_state(2))
+        output_moved = actor_critic(moved, actor_critic.initial_state(2))
+    assert output.logits.shape == (2, 3) and output.values.shape == (2,)
+    assert torch.equal(output.logits[0], output_moved.logits[0])
+    assert not torch.equal(output.logits[1], output_moved.logits[1])
+
+
+def test_flatten_images_defaults_to_the_published_conv_actor() -> None:
+    assert ActorCriticConfig().flatten_images is False
+    actor_critic = ActorCritic(ActorCriticConfig(num_actions=3, observation_shape=(3, 16, 16), conv_channels=(8,)))
+    assert any(isinstance(module, torch.nn.Conv2d) for module in actor_critic.modules())
+    with pytest.raises(ValueError, match="flatten_images"):
+        ActorCriticConfig(flatten_images="yes")
