@@ -385,8 +385,8 @@ class IRIS(IrisPersistence, IrisCollection):
         for phase in make_phases(self):
             if not self._phase_runs(epoch, phase.name):
                 continue
-            if self.verbose >= 2:
-                print(f"IRIS epoch {epoch}: training {phase.name}", file=sys.stderr)
+            if self._progress is not None:
+                self._progress.note(f"IRIS epoch {epoch}: training {phase.name}", verbose=2)
             start = time.perf_counter()
             history = run_phase(phase, self._progress_reporter(epoch, phase.name))
             metrics.update(phase_metrics(phase, history))
@@ -460,9 +460,10 @@ class IRIS(IrisPersistence, IrisCollection):
             self.replay_buffer.close_ongoing_episodes()
         self.tokenizer_cache.attach(self.replay_buffer)
         n_vec_steps = -(-self.n_steps_per_epoch // self.n_envs)
-        self._apply_process_options()
         timesteps = total_timesteps - self.num_timesteps
         self._progress = self._start_progress(timesteps, n_vec_steps * self.n_envs, progress_bar)
+        if apply_process_options(self.performance):
+            self._progress.note("IRIS: tuned glibc malloc for this process (tune_cpu_allocator; process-wide, kept)")
 
         callback.on_training_start(locals(), globals())
         stopped, collected = False, 0
@@ -479,14 +480,6 @@ class IRIS(IrisPersistence, IrisCollection):
         self._progress = None
         callback.on_training_end()
         return self
-
-    def _apply_process_options(self) -> None:
-        """The process-wide switches (the CPU allocator), applied by learn(), announced at verbose >= 1."""
-        if apply_process_options(self.performance) and self.verbose >= 1:
-            print(
-                "IRIS: tuned glibc malloc for this process (tune_cpu_allocator; process-wide, kept after learn())",
-                file=sys.stderr,
-            )
 
     def _start_progress(self, timesteps: int, steps_per_epoch: int, progress_bar: bool) -> TrainingProgress:
         """The schedule of a learn() call: warn if a part never trains in it; print it at verbose >= 1."""

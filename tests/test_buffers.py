@@ -408,3 +408,15 @@ def test_close_ongoing_episodes_starts_new_episodes():
     for row, mask in zip(batch.observations[..., 0], batch.mask_padding):
         values = row[mask]
         assert (values < 3).all() or (values >= 3).all()
+
+
+def test_token_table_bytes_count_in_the_replay_memory_budget():
+    """The table's bytes per step count in the replay's nbytes (and so its budget) once allocated, not in a pickle."""
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, n_envs=2, initial_capacity=4, seed=0)
+    fill(buffer, 10, done_prob=0.0)
+    plain = buffer.nbytes
+    table = TokenTable(buffer, 3)
+    assert buffer.nbytes == plain  # nothing allocated before the first store
+    table.store([0], [buffer.time_range[0]], [[1, 2, 3]])
+    assert buffer.nbytes == plain + buffer.size() * buffer.n_envs * (3 * 8 + 8)
+    assert pickle.loads(pickle.dumps(buffer)).nbytes == plain
