@@ -71,6 +71,86 @@ def paddle_check(
     return result
 
 
+def ball_columns(frames: torch.Tensor) -> np.ndarray:
+    """Column of Breakout's ball (red: channel 0 > 0.5, channels 1 and 2 < 0) in each frame; NaN if none."""
+    red = (frames[:, 0] > 0.5) & (frames[:, 1] < 0) & (frames[:, 2] < 0)  # (B, H, W)
+    columns = torch.arange(red.shape[-1], dtype=torch.float32)
+    found = red.flatten(1).any(1)
+    mean_column = (red.float().sum(1) * columns).sum(-1) / red.float().sum((1, 2)).clamp(min=1)
+    return np.where(found.numpy(), mean_column.numpy(), np.nan)
+
+
+def tracking_actions(frames: torch.Tensor, left: int, right: int, noop: int, row: int) -> torch.Tensor:
+    """Breakout's scripted policy: move the paddle towards the ball's column (noop when aligned or unseen)."""
+    ball, paddle = ball_columns(frames), paddle_columns(frames, row)
+    actions = np.full(len(frames), noop)
+    actions[ball < paddle] = left
+    actions[ball > paddle] = right
+    return torch.as_tensor(actions, dtype=torch.long)
+
+
+@torch.no_grad()
+def imagined_policy_returns(
+    model: Any, horizon: int, batch_size: int, row: int = 12, left: int = 1, right: int = 2, noop: int = 0
+) -> dict[str, float]:
+    """Imagined return until the first predicted end, over ``horizon`` steps, of three policies from the same starts.
+
+    ``tracking`` follows the ball (a competent Breakout policy), ``always_left`` and ``uniform`` (random) do not;
+    a world model that supports learning gives ``tracking`` clearly more than the other two.
+    """
+    batch = model.replay_buffer.sample_segments(batch_size, 1, "left")
+    tokens = model.segment_tokens(batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding)
+    tokenizer, world_model = model.policy.tokenizer, model.policy.world_model
+    results: dict[str, float] = {}
+    for name in ("tracking", "always_left", "uniform"):
+        obs_tokens = tokens[:, -1]
+        cache = world_model.new_cache(batch_size, obs_tokens.device)
+        prime_cache(world_model, cache, obs_tokens)
+        alive = torch.ones(batch_size)
+        total = torch.zeros(batch_size)
+        for _ in range(horizon):
+            frames = tokenizer.decode_tokens(obs_tokens)
+            if name == "tracking":
+                actions = tracking_actions(frames, left, right, noop, row)
+            elif name == "always_left":
+                actions = torch.full((batch_size,), left, dtype=torch.long)
+            else:
+                actions = torch.randint(0, 3, (batch_size,))
+            step = world_model_step(world_model, cache, actions, obs_tokens, True)
+            total += alive * step.rewards
+            alive = alive * (~step.ends).float()
+            obs_tokens = step.next_tokens
+        results[f"{name}_return"] = round(float(total.mean()), 3)
+        results[f"{name}_alive_at_end"] = round(float(alive.mean()), 3)
+    return results
+
+
+def real_policy_returns(make_env: Any, horizon: int, episodes: int, row: int = 12) -> dict[str, float]:
+    """The same three policies in the real env, from resets, over at most ``horizon`` steps."""
+    env = make_env()
+    results: dict[str, float] = {}
+    for name in ("tracking", "always_left", "uniform"):
+        returns = []
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=episode)
+            total = 0.0
+            for _ in range(horizon):
+                frame = torch.as_tensor(obs).permute(2, 0, 1).unsqueeze(0).float().div(127.5).sub(1.0)
+                if name == "tracking":
+                    action = int(tracking_actions(frame, 1, 2, 0, row)[0])
+                elif name == "always_left":
+                    action = 1
+                else:
+                    action = int(env.action_space.sample())
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                if terminated or truncated:
+                    break
+            returns.append(total)
+        results[f"{name}_return"] = round(float(np.mean(returns)), 3)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
@@ -85,6 +165,9 @@ def main() -> None:
     parser.add_argument("--reset-actor", action="store_true", help="re-initialise the actor-critic first")
     parser.add_argument("--paddle-check", action="store_true", help="MinAtar Breakout: does imagination follow actions")
     parser.add_argument("--paddle-steps", type=int, default=4)
+    parser.add_argument(
+        "--policy-check", type=int, default=0, metavar="H", help="Breakout: imagined vs real return of 3 policies"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -118,6 +201,10 @@ def main() -> None:
             for temperature in (1.0, 0.5, 0.0)
         }
         print(json.dumps(record["paddle_check"]), flush=True)
+    if args.policy_check:
+        record["imagined_policy_returns"] = imagined_policy_returns(model, args.policy_check, 256)
+        record["real_policy_returns"] = real_policy_returns(make(0), args.policy_check, 50)
+        print(json.dumps({k: record[k] for k in ("imagined_policy_returns", "real_policy_returns")}), flush=True)
     start = time.perf_counter()
     model.actor_critic_updates_per_epoch = args.eval_every
     for done in range(0, args.updates + 1, args.eval_every):

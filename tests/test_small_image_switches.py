@@ -143,3 +143,24 @@ def test_flatten_images_defaults_to_the_published_conv_actor() -> None:
     assert any(isinstance(module, torch.nn.Conv2d) for module in actor_critic.modules())
     with pytest.raises(ValueError, match="flatten_images"):
         ActorCriticConfig(flatten_images="yes")
+
+
+def test_foreground_weight_weights_the_non_black_pixels() -> None:
+    x = -torch.ones(1, 3, 4, 4)
+    x[0, :, 1, 2] = 1.0  # one white pixel on black
+    reconstruction = torch.zeros_like(x)  # error 1 on every black pixel, 1 on the white one too
+    plain = ConvTokenizer(small_config(resolution=4, channel_multipliers=(1,), l1_weight=1.0, l2_weight=1.0))
+    weighted = ConvTokenizer(
+        small_config(resolution=4, channel_multipliers=(1,), l1_weight=1.0, l2_weight=1.0, foreground_weight=16.0)
+    )
+    plain_loss, _ = plain.reconstruction_loss(x, reconstruction)
+    weighted_loss, _ = weighted.reconstruction_loss(x, reconstruction)
+    assert float(plain_loss) == pytest.approx(2.0)  # L1 mean 1 + L2 mean 1
+    # 15 black pixels of weight 1 and one of weight 16, over 16 pixels: mean 31/16, for L1 and for L2.
+    assert float(weighted_loss) == pytest.approx(2 * 31 / 16)
+
+
+def test_foreground_weight_must_be_positive() -> None:
+    assert ConvTokenizerConfig().foreground_weight == 1.0
+    with pytest.raises(ValueError, match="foreground_weight"):
+        small_config(foreground_weight=0.0)

@@ -258,6 +258,9 @@ class ConvTokenizerConfig:
         such as MinAtar's). ``attention_resolutions`` and ``dropout`` do not apply then.
     :param restart_unused_codes: restart codes that fall out of use during training (see :class:`VectorQuantizer`;
         not in IRIS)
+    :param foreground_weight: weight of the L1 and L2 errors at the pixels that are not black in the target (any
+        channel above the minimum, -1), relative to black ones (1: unweighted, IRIS). For small synthetic frames on a
+        black background, such as MinAtar's, where a one-pixel ball is 1/256 of the loss and is otherwise dropped
     """
 
     resolution: int = 64
@@ -276,6 +279,7 @@ class ConvTokenizerConfig:
     perceptual_weight: float = 0.0
     local_patches: bool = False
     restart_unused_codes: bool = False
+    foreground_weight: float = 1.0
 
     def __post_init__(self) -> None:
         check_bools(self, ("local_patches", "restart_unused_codes"))
@@ -285,6 +289,8 @@ class ConvTokenizerConfig:
         check_int_tuples(self, ("channel_multipliers", "attention_resolutions"))
         check_reals(self, ("dropout",), high=1.0, high_open=True)
         check_reals(self, ("beta", "l1_weight", "l2_weight", "perceptual_weight"))
+        if not self.foreground_weight > 0:
+            raise ValueError(f"foreground_weight={self.foreground_weight!r} must be > 0 (1: unweighted, as in IRIS)")
 
     @property
     def latent_resolution(self) -> int:
@@ -493,6 +499,11 @@ class PatchDecoder(nn.Sequential):
         )
 
 
+def _weighted_mean(values: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean of ``values`` with per-pixel ``weights`` (broadcast over channels), or the plain mean if None."""
+    return values.mean() if weights is None else (values * weights).mean()
+
+
 def load_local_lpips() -> nn.Module:
     """Build an LPIPS(VGG16) module from weights already on this machine, never downloading.
 
@@ -566,9 +577,14 @@ class ConvTokenizer(Tokenizer):
     def reconstruction_loss(self, x: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config
         reconstruction = reconstruction.float()
-        loss = config.l1_weight * (x - reconstruction).abs().mean()
+        error = x - reconstruction
+        weights = None
+        if config.foreground_weight != 1.0:
+            foreground = (x > -1.0 + 1e-3).any(dim=1, keepdim=True)
+            weights = torch.where(foreground, config.foreground_weight, 1.0)
+        loss = config.l1_weight * _weighted_mean(error.abs(), weights)
         if config.l2_weight > 0:
-            loss = loss + config.l2_weight * (x - reconstruction).pow(2).mean()
+            loss = loss + config.l2_weight * _weighted_mean(error.pow(2), weights)
         perceptual = torch.zeros((), device=x.device)
         if self._lpips:
             lpips_module = self._lpips[0].to(x.device)
