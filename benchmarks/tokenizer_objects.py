@@ -1,0 +1,135 @@
+"""Does a tokenizer keep MinAtar Breakout's ball and paddle, and are its codes local? Prints JSON.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.tokenizer_objects --updates 600 --foreground-weight 20
+    OMP_NUM_THREADS=1 python -m benchmarks.tokenizer_objects --updates 1500 --local-patches --vocab-size 512 \
+        --embed-dim 16
+
+Trains a ``ConvTokenizer`` of the shared MinAtar entry's size (16x16 frames, 16 tokens; the options change the
+codebook, the loss weighting and the architecture) on 3,000 frames of random Breakout play, then, on 1,000 other
+frames, reports:
+
+- ``paddle_right`` / ``ball_right``: fraction of frames whose reconstruction has the paddle (the ball) in the
+  true column (ball: also right when there is none and none is drawn);
+- ``non_majority_fraction``: fraction of token instances whose code is not the most common code of their
+  patch's pixel content (0: a patch's code depends on that patch only; the published encoder's receptive field
+  spans the frame, so its codes also encode the rest);
+- ``codes_used`` and ``codes_shared`` (codes that stand for more than one patch content).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from benchmarks.frozen_world_model_probe import ball_columns, paddle_columns
+from sb3_iris.minatar import MinAtarImageWrapper
+from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig
+
+PADDLE_ROW = 12  # grid row 9 drawn one pixel per cell, 3 pixels from the top of the 16x16 frame
+PATCH = 4
+
+
+def random_frames(n: int, seed: int) -> torch.Tensor:
+    """``n`` frames ``(n, 3, 16, 16)`` uint8 of uniform random play in MinAtar Breakout."""
+    env = MinAtarImageWrapper(gym.make("MinAtar/Breakout-v1"), cell_size=1, image_size=16)
+    env.action_space.seed(seed)
+    frames = []
+    observation, _ = env.reset(seed=seed)
+    for _ in range(n):
+        frames.append(observation)
+        observation, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            observation, _ = env.reset()
+    return torch.as_tensor(np.stack(frames)).permute(0, 3, 1, 2)
+
+
+def code_locality(frames: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
+    """How far the codes are a function of their own patch's pixels (see the module docstring)."""
+    n, channels, size, _ = frames.shape
+    side = size // PATCH
+    patches = frames.reshape(n, channels, side, PATCH, side, PATCH).permute(0, 2, 4, 1, 3, 5).reshape(n, side**2, -1)
+    codes_by_content: dict[bytes, collections.Counter] = collections.defaultdict(collections.Counter)
+    for frame_patches, frame_tokens in zip(patches.numpy(), tokens.numpy()):
+        for patch, token in zip(frame_patches, frame_tokens):
+            codes_by_content[patch.tobytes()][int(token)] += 1
+    total = sum(sum(counts.values()) for counts in codes_by_content.values())
+    majority = sum(max(counts.values()) for counts in codes_by_content.values())
+    contents_by_code: dict[int, set] = collections.defaultdict(set)
+    for content, counts in codes_by_content.items():
+        for code in counts:
+            contents_by_code[code].add(content)
+    return dict(
+        patch_contents=len(codes_by_content),
+        non_majority_fraction=round(1 - majority / total, 4),
+        codes_used=len(contents_by_code),
+        codes_shared=sum(len(contents) > 1 for contents in contents_by_code.values()),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--updates", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--vocab-size", type=int, default=64)
+    parser.add_argument("--embed-dim", type=int, default=4)
+    parser.add_argument("--foreground-weight", type=float, default=1.0)
+    parser.add_argument("--local-patches", action="store_true", help="also restarts unused codes")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    frames = random_frames(4000, args.seed)
+    train, test = frames[:3000], frames[3000:]
+    config = ConvTokenizerConfig(
+        resolution=16,
+        base_channels=16,
+        channel_multipliers=(1, 2, 2),
+        encoder_res_blocks=1,
+        attention_resolutions=(),
+        z_channels=64,
+        embed_dim=args.embed_dim,
+        vocab_size=args.vocab_size,
+        beta=0.25,
+        l1_weight=0.0,
+        l2_weight=1.0,
+        foreground_weight=args.foreground_weight,
+        local_patches=args.local_patches,
+        restart_unused_codes=args.local_patches,
+    )
+    tokenizer = ConvTokenizer(config)
+    optimizer = torch.optim.Adam(tokenizer.parameters(), lr=args.learning_rate)
+    start = time.perf_counter()
+    for _ in range(args.updates):
+        batch = train[torch.randint(0, len(train), (args.batch_size,))]
+        losses, _ = tokenizer.compute_loss(tokenizer.preprocess(batch))
+        optimizer.zero_grad()
+        losses.total.backward()
+        optimizer.step()
+    seconds = time.perf_counter() - start
+    tokenizer.eval()
+    with torch.no_grad():
+        truth = tokenizer.preprocess(test)
+        tokens = tokenizer.tokenize(truth)
+        reconstruction = tokenizer.decode_tokens(tokens)
+    true_ball, drawn_ball = ball_columns(truth), ball_columns(reconstruction)
+    record: dict[str, Any] = dict(vars(args), train_seconds=round(seconds, 1))
+    record.update(
+        mse=round(float((reconstruction - truth).pow(2).mean()), 5),
+        paddle_right=float(np.mean(paddle_columns(reconstruction, PADDLE_ROW) == paddle_columns(truth, PADDLE_ROW))),
+        ball_right=float(np.mean((drawn_ball == true_ball) | (np.isnan(drawn_ball) & np.isnan(true_ball)))),
+        frames_with_ball=float(np.mean(~np.isnan(true_ball))),
+        **code_locality(test, tokens),
+    )
+    print(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
