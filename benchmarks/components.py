@@ -163,10 +163,10 @@ def main(argv: list[str] | None = None) -> dict:
         compile_imagination=args.compile_imagination == "on",
     ).resolved(device)
     apply_process_options(options)
-    configure_modules(options, device, tokenizer, actor_critic)
+    configure_modules(options, tokenizer, actor_critic)
     autocast = autocast_context(options, device)
     k = tokenizer.tokens_per_obs
-    fused = optimizer_kwargs(options, device)
+    fused = optimizer_kwargs(options)
     tokenizer_optimizer = torch.optim.Adam(tokenizer.parameters(), lr=1e-4, **fused)
     world_model_optimizer = torch.optim.AdamW(world_model.weight_decay_groups(0.01), lr=1e-4, **fused)
     actor_critic_optimizer = torch.optim.Adam(actor_critic.parameters(), lr=1e-4, **fused)

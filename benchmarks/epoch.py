@@ -26,7 +26,7 @@ import torch
 
 from sb3_iris import IRIS
 
-# Published schedule (IRIS.md): 600 epochs, collection stops after epoch 500, warm-ups 5 / 25 / 50.
+# Published schedule (the IRIS paper): 600 epochs, collection stops after epoch 500, warm-ups 5 / 25 / 50.
 TOTAL_EPOCHS = 600
 COLLECTION_EPOCHS = 500
 PUBLISHED_UPDATES = 200

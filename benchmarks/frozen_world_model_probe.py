@@ -209,7 +209,7 @@ def main() -> None:
     model.actor_critic_updates_per_epoch = args.eval_every
     for done in range(0, args.updates + 1, args.eval_every):
         if done:
-            metrics = model._train_actor_critic()
+            metrics = model.train_part("actor_critic")
         else:
             metrics = {}
         mean, std = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)

@@ -69,10 +69,10 @@ def build_model(env_id: str, parallel: bool, replay_steps: int, seed: int = 0) -
 def time_phase(model: IRIS, phase: str, updates: int) -> float:
     """Seconds per update of one training phase (after one warm-up update)."""
     setattr(model, f"{phase}_updates_per_epoch", 1)
-    getattr(model, f"_train_{phase}")()
+    model.train_part(phase)
     setattr(model, f"{phase}_updates_per_epoch", updates)
     start = time.perf_counter()
-    getattr(model, f"_train_{phase}")()
+    model.train_part(phase)
     return (time.perf_counter() - start) / updates
 
 

@@ -1,4 +1,4 @@
-"""IRIS Atari preprocessing (see ``IRIS.md``, section "Atari preprocessing").
+"""IRIS Atari preprocessing (the settings of the IRIS paper, Micheli et al. 2023, and its reference code).
 
 The reference IRIS agent sees 64x64 RGB frames, not the 84x84 grayscale stacks of SB3's
 ``AtariWrapper`` (which also needs OpenCV). :class:`IrisAtariWrapper` reproduces the reference
@@ -57,9 +57,9 @@ __all__ = [
     "resize_frame",
 ]
 
-#: Reference settings for data collection (IRIS.md "Atari preprocessing", train).
+#: Reference settings for data collection (the IRIS paper's Atari preprocessing, training).
 TRAINING_SETTINGS: dict[str, Any] = {"noop_max": 30, "terminal_on_life_loss": True, "max_episode_frames": 20_000}
-#: Reference settings for evaluation (IRIS.md "Atari preprocessing", eval).
+#: Reference settings for evaluation (the IRIS paper's Atari preprocessing, evaluation).
 EVAL_SETTINGS: dict[str, Any] = {"noop_max": 1, "terminal_on_life_loss": False, "max_episode_frames": 108_000}
 
 _NOOP_ACTION = 0

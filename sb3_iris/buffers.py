@@ -1,18 +1,18 @@
-"""World-model-aware replay: episodes on a common time axis, segment sampling with padding masks,
-burn-in contexts and a per-epoch token cache.
+"""World-model-aware replay: episodes on a common time axis, segment sampling with padding masks and
+burn-in contexts.
 
 IRIS (Micheli et al., 2023) trains its world model on segments of consecutive steps sampled from
 stored episodes, padded with zeros (and a mask) where a segment runs past an episode edge. The
 buffer here keeps the data of a ``VecEnv`` as one array per field of shape ``(n_envs, capacity, ...)``
 (all envs are stepped together, so they share the time axis) and tracks where every episode starts
 and ends. Every stored step has an *absolute* time index (the number of ``add`` calls before it) that
-never changes, whatever growth or eviction happens: token-cache entries and burn-in contexts are
-addressed by ``(env_index, time_index)``.
+never changes, whatever growth or eviction happens: burn-in contexts and the entries of the frozen
+tokenizer's caches (:mod:`sb3_iris.caches`) are addressed by ``(env_index, time_index)``.
 """
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional
 
 import numpy as np
 from gymnasium import spaces
@@ -24,8 +24,7 @@ PADDINGS = ("both", "left", "right")
 
 @dataclass
 class SegmentBatch:
-    """
-    A batch of segments of consecutive steps, each inside one episode.
+    """A batch of segments of consecutive steps, each inside one episode.
 
     :param observations: ``(B, L, *obs_shape)``, dtype as stored (uint8 images, float32 vectors),
         zeros where padded
@@ -49,8 +48,7 @@ class SegmentBatch:
 
 
 def _storage_dtype(observation_space: spaces.Space) -> np.dtype:
-    """
-    The dtype observations are stored with: uint8 for uint8 ``Box`` spaces of any rank (images),
+    """The dtype observations are stored with: uint8 for uint8 ``Box`` spaces of any rank (images),
     float32 for 1-D floating-point ``Box`` spaces (vectors).
 
     :param observation_space: the environment's observation space
@@ -72,8 +70,7 @@ def _storage_dtype(observation_space: spaces.Space) -> np.dtype:
 
 
 def _check_positive(name: str, value: int) -> int:
-    """
-    :param name: the argument's name, for the error message
+    """:param name: the argument's name, for the error message
     :param value: the value received
     :return: ``value`` as an int, if it is > 0
     """
@@ -83,8 +80,7 @@ def _check_positive(name: str, value: int) -> int:
 
 
 class EpisodeReplayBuffer:
-    """
-    Replay buffer that stores whole episodes of a ``VecEnv`` and samples frames or padded segments,
+    """Replay buffer that stores whole episodes of a ``VecEnv`` and samples frames or padded segments,
     as the IRIS world model and actor-critic need them.
 
     Storage is a ring over a common time axis, ``(n_envs, capacity, ...)`` per field, that starts at
@@ -113,6 +109,9 @@ class EpisodeReplayBuffer:
     #: The ``Discrete`` action space of the stored actions, recorded by ``IRIS.save_replay_buffer`` so that a
     #: load into a model with another action space is refused (None: unknown, e.g. a file of an older version).
     action_space: Optional[spaces.Discrete] = None
+    #: Bytes per stored step (and env) of data kept alongside the replay by others, e.g. the token table of
+    #: :class:`~sb3_iris.caches.FrozenTokenizerCache`: counted in ``nbytes`` and so in ``memory_budget_bytes``.
+    extra_bytes_per_time_step: int = 0
 
     def __init__(
         self,
@@ -125,19 +124,13 @@ class EpisodeReplayBuffer:
     ) -> None:
         self._obs_dtype = _storage_dtype(observation_space)
         self.observation_space = observation_space
-        self.obs_shape: Tuple[int, ...] = tuple(int(d) for d in observation_space.shape)
+        self.obs_shape: tuple[int, ...] = tuple(int(d) for d in observation_space.shape)
         self.n_envs = _check_positive("n_envs", n_envs)
         self.buffer_size = None if buffer_size is None else _check_positive("buffer_size", buffer_size)
         self.memory_budget_bytes = (
             None if memory_budget_bytes is None else _check_positive("memory_budget_bytes", memory_budget_bytes)
         )
         self.initial_capacity = _check_positive("initial_capacity", initial_capacity)
-
-        # Token cache, allocated on first store: an entry is valid iff its version is the current one.
-        self._tokens_per_frame: Optional[int] = None
-        self._tokens: Optional[np.ndarray] = None
-        self._token_versions: Optional[np.ndarray] = None
-        self._token_version = 0
 
         if self.buffer_size is not None and self.buffer_size < self.n_envs:
             raise ValueError(
@@ -173,9 +166,8 @@ class EpisodeReplayBuffer:
     # ------------------------------------------------------------------ sizes
 
     def size(self) -> int:
-        """
-        :return: number of stored time steps per env (SB3's ``BaseBuffer.size()`` convention);
-            ``n_steps == size() * n_envs``
+        """:return: number of stored time steps per env (SB3's ``BaseBuffer.size()`` convention);
+        ``n_steps == size() * n_envs``
         """
         return self._end - self._offset
 
@@ -191,19 +183,17 @@ class EpisodeReplayBuffer:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of stored data in use (live steps of every field, and of the token cache once allocated)."""
+        """Bytes of stored data in use (live steps of every field, and ``extra_bytes_per_time_step`` for each)."""
         return self.size() * self._bytes_per_time_step()
 
     @property
-    def time_range(self) -> Tuple[int, int]:
+    def time_range(self) -> tuple[int, int]:
         """The absolute time indices ``[first, end)`` currently stored (the same for every env)."""
         return self._offset, self._end
 
     def _bytes_per_time_step(self) -> int:
         per_step = int(np.prod(self.obs_shape, dtype=np.int64)) * self._obs_dtype.itemsize + 8 + 4 + 1 + 1
-        if self._tokens is not None:
-            per_step += self._tokens.itemsize * self._tokens.shape[-1] + self._token_versions.itemsize
-        return per_step * self.n_envs
+        return (per_step + self.extra_bytes_per_time_step) * self.n_envs
 
     def _max_time_steps(self) -> Optional[int]:
         """The largest ``size()`` allowed by ``buffer_size`` and ``memory_budget_bytes`` (None: unbounded)."""
@@ -224,8 +214,7 @@ class EpisodeReplayBuffer:
         terminations: np.ndarray,
         truncations: np.ndarray,
     ) -> None:
-        """
-        Store one ``VecEnv`` step for every env. An episode ends at a step whose termination or
+        """Store one ``VecEnv`` step for every env. An episode ends at a step whose termination or
         truncation is True; the next ``add`` starts a new episode for that env.
 
         :param observations: ``(n_envs, *obs_shape)``, the observations the actions were taken in
@@ -253,8 +242,6 @@ class EpisodeReplayBuffer:
         self._rewards[:, position] = rewards
         self._terminations[:, position] = terminations
         self._truncations[:, position] = truncations
-        if self._token_versions is not None:
-            self._token_versions[:, position] = -1
         self._end += 1
 
         for env_index in np.flatnonzero(terminations | truncations):
@@ -296,16 +283,11 @@ class EpisodeReplayBuffer:
             # An add may exceed the limit by one step before eviction.
             new_capacity = min(new_capacity, max_steps + 1)
         new_capacity = max(new_capacity, size + 1)
-        for name in ("_observations", "_actions", "_rewards", "_terminations", "_truncations", "_tokens"):
+        for name in ("_observations", "_actions", "_rewards", "_terminations", "_truncations"):
             old = getattr(self, name)
-            if old is not None:
-                new = np.empty((self.n_envs, new_capacity, *old.shape[2:]), dtype=old.dtype)
-                self._copy_live(old, new)
-                setattr(self, name, new)
-        if self._token_versions is not None:
-            versions = np.full((self.n_envs, new_capacity), -1, dtype=np.int64)
-            self._copy_live(self._token_versions, versions)
-            self._token_versions = versions
+            new = np.empty((self.n_envs, new_capacity, *old.shape[2:]), dtype=old.dtype)
+            self._copy_live(old, new)
+            setattr(self, name, new)
         self._capacity = new_capacity
         self._head = 0
 
@@ -348,10 +330,9 @@ class EpisodeReplayBuffer:
     def _ongoing_lengths(self) -> np.ndarray:
         return self._end - np.maximum(self._ongoing_starts, self._offset)
 
-    def _episode_table(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """
-        :return: ``(env_indices, starts, ends)`` of every sampleable episode (completed ones first,
-            then non-empty ongoing ones), starts clipped to the first stored step
+    def _episode_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:return: ``(env_indices, starts, ends)`` of every sampleable episode (completed ones first,
+        then non-empty ongoing ones), starts clipped to the first stored step
         """
         completed = self._episodes[self._episodes_head : self._episodes_count]
         ongoing_envs = np.flatnonzero(self._ongoing_lengths() > 0)
@@ -360,9 +341,8 @@ class EpisodeReplayBuffer:
         ends = np.concatenate([completed[:, 2], np.full(len(ongoing_envs), self._end, dtype=np.int64)])
         return envs, starts, ends
 
-    def _sample_episodes(self, batch_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """
-        Sample episodes uniformly, then a time uniformly inside each.
+    def _sample_episodes(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Sample episodes uniformly, then a time uniformly inside each.
 
         :return: ``(env_indices, starts, ends, times)``, each ``(batch_size,)``
         """
@@ -381,8 +361,8 @@ class EpisodeReplayBuffer:
         """Ring positions of absolute time indices (which must be stored)."""
         return (self._head + time_indices - self._offset) % max(self._capacity, 1)
 
-    def _stored(self, env_indices: np.ndarray, time_indices: np.ndarray) -> np.ndarray:
-        """Mask of ``(env, time)`` pairs that are currently stored."""
+    def contains(self, env_indices: np.ndarray, time_indices: np.ndarray) -> np.ndarray:
+        """Mask of ``(env, time)`` pairs that are currently stored (same shapes in and out)."""
         return (
             (env_indices >= 0)
             & (env_indices < self.n_envs)
@@ -390,8 +370,9 @@ class EpisodeReplayBuffer:
             & (time_indices < self._end)
         )
 
-    def _check_stored(self, env_indices: np.ndarray, time_indices: np.ndarray) -> None:
-        stored = self._stored(env_indices, time_indices)
+    def check_stored(self, env_indices: np.ndarray, time_indices: np.ndarray) -> None:
+        """Raise ``IndexError`` naming the first ``(env, time)`` pair that is not stored."""
+        stored = self.contains(env_indices, time_indices)
         if not stored.all():
             bad = np.flatnonzero(~stored.ravel())[0]
             raise IndexError(
@@ -401,9 +382,8 @@ class EpisodeReplayBuffer:
 
     # ------------------------------------------------------------------ sampling
 
-    def sample_frames(self, batch_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """
-        Sample single frames: an episode uniformly, then a time uniformly inside it.
+    def sample_frames(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sample single frames: an episode uniformly, then a time uniformly inside it.
 
         :param batch_size: number of frames
         :return: ``(frames (B, *obs_shape), env_indices (B,), time_indices (B,))``
@@ -412,8 +392,7 @@ class EpisodeReplayBuffer:
         return self._observations[envs, self._positions(times)], envs, times
 
     def sample_segments(self, batch_size: int, sequence_length: int, padding: str = "both") -> SegmentBatch:
-        """
-        Sample segments of consecutive steps inside episodes: an episode uniformly, then a time ``t``
+        """Sample segments of consecutive steps inside episodes: an episode uniformly, then a time ``t``
         uniformly inside it, then a segment at ``t`` that is padded (zeros, ``mask_padding`` False) where it
         runs past the episode's edges. The IRIS reference samples world-model segments with ``"right"``
         (they start at ``t``: padding only after the real steps, so position 0 is always a real frame, as in
@@ -458,8 +437,7 @@ class EpisodeReplayBuffer:
         return batch
 
     def episode_tail(self, env_index: int, n: int) -> np.ndarray:
-        """
-        The last observations of an env's ongoing episode, e.g. to burn in an LSTM state.
+        """The last observations of an env's ongoing episode, e.g. to burn in an LSTM state.
 
         :param env_index: the env
         :param n: maximum number of observations
@@ -475,94 +453,20 @@ class EpisodeReplayBuffer:
         return self._observations[env_index, self._positions(times)]
 
     def observations_at(self, env_indices: np.ndarray, time_indices: np.ndarray) -> np.ndarray:
-        """
-        Gather stored observations by absolute index.
+        """Gather stored observations by absolute index.
 
         :param env_indices: env of each observation (any shape, broadcast with ``time_indices``)
         :param time_indices: absolute time index of each observation
         :return: ``(*shape, *obs_shape)``
         """
         env_indices, time_indices = np.broadcast_arrays(np.asarray(env_indices), np.asarray(time_indices))
-        self._check_stored(env_indices, time_indices)
+        self.check_stored(env_indices, time_indices)
         return self._observations[env_indices, self._positions(time_indices)]
-
-    # ------------------------------------------------------------------ token cache
-
-    def enable_token_cache(self, tokens_per_frame: int) -> None:
-        """
-        Enable a cache of tokenizer outputs per stored step (allocated on first store, aligned with the
-        storage and grown with it). Calling it again with another ``tokens_per_frame`` drops the cache.
-
-        :param tokens_per_frame: number of integer tokens per observation (e.g. 16 for a 4x4 latent grid)
-        """
-        tokens_per_frame = _check_positive("tokens_per_frame", tokens_per_frame)
-        if tokens_per_frame != self._tokens_per_frame:
-            self._tokens_per_frame = tokens_per_frame
-            self._tokens = None
-            self._token_versions = None
-
-    def invalidate_token_cache(self) -> None:
-        """Mark every cached entry stale (O(1)), e.g. after the tokenizer was trained."""
-        self._token_version += 1
-
-    def _require_token_cache(self) -> int:
-        if self._tokens_per_frame is None:
-            raise RuntimeError("the token cache is not enabled: call enable_token_cache(tokens_per_frame) first")
-        return self._tokens_per_frame
-
-    def cached_tokens(self, env_indices: np.ndarray, time_indices: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """
-        Look up cached tokens. Entries never stored, stored before the last invalidation, or not in the
-        buffer (padding, evicted) are invalid.
-
-        :param env_indices: env of each entry (any shape, broadcast with ``time_indices``)
-        :param time_indices: absolute time index of each entry
-        :return: ``(tokens (*shape, K) int64, zeros where invalid; valid (*shape) bool)``
-        """
-        tokens_per_frame = self._require_token_cache()
-        env_indices, time_indices = np.broadcast_arrays(np.asarray(env_indices), np.asarray(time_indices))
-        if self._tokens is None:
-            return np.zeros((*env_indices.shape, tokens_per_frame), dtype=np.int64), np.zeros(env_indices.shape, bool)
-        stored = self._stored(env_indices, time_indices)
-        safe_envs = np.where(stored, env_indices, 0)
-        positions = np.where(stored, self._positions(time_indices), 0)
-        valid = stored & (self._token_versions[safe_envs, positions] == self._token_version)
-        tokens = self._tokens[safe_envs, positions]
-        tokens[~valid] = 0
-        return tokens, valid
-
-    def store_tokens(self, env_indices: np.ndarray, time_indices: np.ndarray, tokens: np.ndarray) -> None:
-        """
-        Cache tokens of stored steps. Entries with a negative time index (padding of a
-        :class:`SegmentBatch`) are skipped.
-
-        :param env_indices: env of each entry (any shape, broadcast with ``time_indices``)
-        :param time_indices: absolute time index of each entry
-        :param tokens: ``(*shape, K)`` integer tokens
-        """
-        tokens_per_frame = self._require_token_cache()
-        env_indices, time_indices = np.broadcast_arrays(np.asarray(env_indices), np.asarray(time_indices))
-        tokens = np.asarray(tokens)
-        if tokens.shape != (*env_indices.shape, tokens_per_frame):
-            raise ValueError(
-                f"tokens must have shape {(*env_indices.shape, tokens_per_frame)} (indices shape + tokens_per_frame), "
-                f"got shape {tokens.shape}"
-            )
-        keep = time_indices >= 0
-        env_indices, time_indices, tokens = env_indices[keep], time_indices[keep], tokens[keep]
-        self._check_stored(env_indices, time_indices)
-        if self._tokens is None:
-            capacity = self._capacity
-            self._tokens = np.zeros((self.n_envs, capacity, tokens_per_frame), dtype=np.int64)
-            self._token_versions = np.full((self.n_envs, capacity), -1, dtype=np.int64)
-        positions = self._positions(time_indices)
-        self._tokens[env_indices, positions] = tokens
-        self._token_versions[env_indices, positions] = self._token_version
 
     # ------------------------------------------------------------------ pickling
 
-    def __getstate__(self) -> Dict[str, Any]:
-        """Compact state for pickling: live steps only, oldest first, without the token cache."""
+    def __getstate__(self) -> dict[str, Any]:
+        """Compact state for pickling: live steps only, oldest first."""
         state = self.__dict__.copy()
         size = self.size()
         for name in ("_observations", "_actions", "_rewards", "_terminations", "_truncations"):
@@ -577,19 +481,20 @@ class EpisodeReplayBuffer:
         state["_episodes"] = self._episodes[self._episodes_head : self._episodes_count].copy()
         state["_episodes_head"] = 0
         state["_episodes_count"] = len(state["_episodes"])
-        state["_tokens"] = None
-        state["_token_versions"] = None
+        state["extra_bytes_per_time_step"] = 0  # the data kept alongside is not pickled
         return state
 
-    def __setstate__(self, state: Dict[str, Any]) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Files of older versions kept the token cache in the buffer (never pickled with data): drop its fields.
+        for name in ("_tokens", "_token_versions", "_tokens_per_frame", "_token_version"):
+            state.pop(name, None)
         self.__dict__.update(state)
         for name in ("_observations", "_actions", "_rewards", "_terminations", "_truncations"):
             # Sliced views were pickled as copies; make sure the arrays own contiguous memory.
             setattr(self, name, np.ascontiguousarray(getattr(self, name)))
 
     def check_integrity(self, n_actions: Optional[int] = None) -> None:
-        """
-        Raise ``ValueError`` if the state is not one that ``add`` and eviction can produce (e.g. a replay
+        """Raise ``ValueError`` if the state is not one that ``add`` and eviction can produce (e.g. a replay
         file that was edited, damaged, or written by an incompatible version).
 
         :param n_actions: when given, every stored action must be in ``[0, n_actions)``

@@ -38,8 +38,10 @@ import torch
 import torch.nn.functional as F
 from stable_baselines3.common.callbacks import BaseCallback
 
+from sb3_iris.envs import truncations_from_infos
 from sb3_iris.nn.tokenizer import codebook_usage
 from sb3_iris.nn.world_model import IGNORE_INDEX, interleave_tokens, world_model_labels
+from sb3_iris.spaces import is_image
 from sb3_iris.visualize import (
     GREY,
     RED,
@@ -165,7 +167,7 @@ class _IrisEpochCallback(BaseCallback):
 
     @property
     def _is_image(self) -> bool:
-        return len(self.model.observation_space.shape) == 3
+        return is_image(self.model.observation_space)
 
 
 class ReconstructionCallback(_IrisEpochCallback):
@@ -426,7 +428,7 @@ class WorldModelEvalCallback(_IrisEpochCallback):
         if self._recording:
             infos = self.locals["infos"]
             dones = np.asarray(self.locals["dones"], dtype=bool)
-            truncated = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos]) & dones
+            truncated = truncations_from_infos(infos, dones)
             self._steps.append(
                 (
                     np.array(self.model._last_obs, copy=True),  # the observation the action was taken from

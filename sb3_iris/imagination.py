@@ -5,7 +5,8 @@ tokenizer's reconstructions; the start frame's tokens prime the world model's KV
 each of ``horizon`` steps the actor acts on the current reconstructed frame, the world model
 produces reward and end from the action token and the next frame token by token (K + 1 one-token
 passes per step), and the decoder turns the tokens into the next frame the actor sees.
-Gradients flow only into the actor-critic.
+Gradients flow only into the actor-critic. :class:`DreamEnv` is the world model as an environment (its KV cache,
+current frame and pending token), used by :func:`imagine_rollouts`, by ``IRIS.imagine`` and by ``sb3_iris.play``.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class OneTokenStepper:
 
 
 def prime_cache(world_model: WorldModel, cache: KVCache, obs_tokens: torch.Tensor) -> None:
-    """Reset ``cache`` and fill it with the tokens ``(B, K)`` of one frame."""
+    """Reset ``cache`` and fill it with the tokens ``(B, K)`` of one frame (or a longer ``(B, T)`` context)."""
     cache.reset()
     world_model(obs_tokens, cache, compute_observation_logits=False, compute_action_logits=False)
 
@@ -216,6 +217,82 @@ def world_model_step(
         return WorldModelStep(rewards, ends, next_tokens, next_tokens[:, k - 1 :])
     _extend_cache(world_model, cache, next_tokens[:, k - 1 :], stepper, observation_logits=False, action_logits=False)
     return WorldModelStep(rewards, ends, next_tokens, None)
+
+
+class DreamEnv:
+    """The world model as a batched environment: ``reset`` from real frames, then ``step`` with actions.
+
+    Owns what travels from one imagined step to the next: the KV cache (reused across resets of the same batch
+    size), the current frame's tokens, the optional static-shape :class:`OneTokenStepper`, and the frame's last
+    token when it is merged into the next step's pass (``merge_last_token``; a stepper writes every token itself,
+    see :func:`world_model_step`). Runs without gradient.
+
+    :param world_model: the world model (in eval mode)
+    :param temperature: default sampling temperature of the observation tokens
+    :param merge_last_token: write each generated frame's last token together with the next action token
+    :param stepper: generate through this one-token pass (None: the dynamic cached passes)
+    :param cache: a KV cache to reuse (allocated at the first reset, or when the batch size changes)
+    """
+
+    def __init__(
+        self,
+        world_model: WorldModel,
+        temperature: float = 1.0,
+        merge_last_token: bool = False,
+        stepper: Optional[OneTokenStepper] = None,
+        cache: Optional[KVCache] = None,
+    ) -> None:
+        self.world_model = world_model
+        self.temperature = temperature
+        self.merge_last_token = merge_last_token
+        self.stepper = stepper
+        self.cache = cache
+        self.obs_tokens: Optional[torch.Tensor] = None
+        self._pending_tokens: Optional[torch.Tensor] = None
+
+    @torch.no_grad()
+    def reset(self, obs_tokens: torch.Tensor, past: Optional[torch.Tensor] = None) -> None:
+        """Start the dream at the frame of tokens ``obs_tokens`` ``(B, K)``.
+
+        :param obs_tokens: tokens of the current (real) frame
+        :param past: ``(B, T)`` interleaved tokens and actions of earlier steps to put in the context first (None:
+            the frame alone, as in IRIS's imagination)
+        """
+        batch_size = obs_tokens.shape[0]
+        if self.cache is None or self.cache.batch_size != batch_size:
+            self.cache = self.world_model.new_cache(batch_size, obs_tokens.device)
+        sequence = obs_tokens if past is None else torch.cat([past, obs_tokens], 1)
+        prime_cache(self.world_model, self.cache, sequence)
+        self.obs_tokens = obs_tokens
+        self._pending_tokens = None
+
+    @torch.no_grad()
+    def step(
+        self, actions: torch.Tensor, predict_next_obs: bool = True, temperature: Optional[float] = None
+    ) -> WorldModelStep:
+        """One imagined step from the current frame: rewards, ends and (unless not asked for) the next frame's tokens.
+
+        :param actions: ``(B,)`` actions
+        :param predict_next_obs: generate the next frame (False for the last step of a rollout)
+        :param temperature: sampling temperature of the observation tokens (None: the env's)
+        """
+        if self.cache is None or self.obs_tokens is None:
+            raise RuntimeError("DreamEnv.step() before reset(): call reset(obs_tokens) first")
+        step = world_model_step(
+            self.world_model,
+            self.cache,
+            actions,
+            self.obs_tokens,
+            predict_next_obs,
+            self.temperature if temperature is None else temperature,
+            pending_tokens=self._pending_tokens,
+            defer_last_token=self.merge_last_token,
+            stepper=self.stepper,
+        )
+        self._pending_tokens = step.pending_tokens
+        if step.next_tokens is not None:
+            self.obs_tokens = step.next_tokens
+        return step
 
 
 def _parallel_world_model_step(
@@ -326,6 +403,7 @@ def imagine_rollouts(
     merge_last_token: bool = False,
     context_reconstructions: Optional[torch.Tensor] = None,
     stepper: Optional[OneTokenStepper] = None,
+    dream: Optional[DreamEnv] = None,
 ) -> ImaginationOutput:
     """Imagine ``horizon`` steps from real contexts; only the actor-critic receives gradient.
 
@@ -344,22 +422,20 @@ def imagine_rollouts(
         ``(B, T + 1, *obs_shape)``; decoded from ``context_tokens`` if None
     :param stepper: generate through this static-shape (optionally compiled) one-token pass; ``merge_last_token``
         does not apply then
+    :param dream: the :class:`DreamEnv` to imagine in (its cache, stepper and merging; ``cache``,
+        ``merge_last_token`` and ``stepper`` are then not used); None: one made from those arguments
     """
     if horizon < 1:
         raise ValueError(f"horizon={horizon} must be >= 1")
     if not bool(mask_padding[:, -1].all()):
         raise ValueError("the last frame of every imagination context must be a real frame (mask_padding[:, -1])")
-    batch_size = context_tokens.shape[0]
     state, observations = burn_in_start_state(
         tokenizer, actor_critic, context_tokens, mask_padding, context_reconstructions
     )
-    obs_tokens = context_tokens[:, -1]
-    if cache is None or cache.batch_size != batch_size:
-        cache = world_model.new_cache(batch_size, context_tokens.device)
-    with torch.no_grad():
-        prime_cache(world_model, cache, obs_tokens)
+    if dream is None:
+        dream = DreamEnv(world_model, temperature, merge_last_token, stepper, cache)
+    dream.reset(context_tokens[:, -1])
 
-    pending_tokens: Optional[torch.Tensor] = None
     actions, logits, values, rewards, ends, seen = [], [], [], [], [], []
     for step in range(horizon):
         if keep_observations:
@@ -370,23 +446,10 @@ def imagine_rollouts(
         actions.append(action)
         logits.append(output.logits)
         values.append(output.values)
-        predict_next = step < horizon - 1
-        with torch.no_grad():
-            step_output = world_model_step(
-                world_model,
-                cache,
-                action,
-                obs_tokens,
-                predict_next,
-                temperature,
-                pending_tokens=pending_tokens,
-                defer_last_token=merge_last_token and stepper is None,
-                stepper=stepper,
-            )
-            pending_tokens = step_output.pending_tokens
-            if step_output.next_tokens is not None:
-                obs_tokens = step_output.next_tokens
-                observations = tokenizer.decode_tokens(obs_tokens)
+        step_output = dream.step(action, predict_next_obs=step < horizon - 1, temperature=temperature)
+        if step_output.next_tokens is not None:
+            with torch.no_grad():
+                observations = tokenizer.decode_tokens(step_output.next_tokens)
         rewards.append(step_output.rewards)
         ends.append(step_output.ends)
 

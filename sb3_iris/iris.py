@@ -6,66 +6,39 @@ train the tokenizer, the world model and the actor-critic (in imagination), each
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import pathlib
-import pickle
 import sys
 import time
 import warnings
-import zipfile
-from collections.abc import Iterable
-from typing import Any, ClassVar, Optional, TypeVar, Union
+from contextlib import AbstractContextManager
+from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
 
 import numpy as np
 import torch
-from gymnasium import spaces
-from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import safe_mean
-from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_iris.buffers import EpisodeReplayBuffer
-from sb3_iris.caches import ReconstructionCache
-from sb3_iris.checkpoint import atomic_write, capture_rng_states, check_state_dict_shapes, restore_rng_states
+from sb3_iris.caches import FrozenTokenizerCache
+from sb3_iris.collection import IrisCollection
 from sb3_iris.defaults import PRESET_HYPERPARAMETERS, merge_policy_kwargs, resolve_preset
-from sb3_iris.imagination import OneTokenStepper, imagine_rollouts, reconstruct_context
-from sb3_iris.nn.actor_critic import LSTMState, actor_critic_loss, compute_lambda_returns
-from sb3_iris.nn.tokenizer import codebook_usage
+from sb3_iris.imagination import DreamEnv, OneTokenStepper, imagine_rollouts
+from sb3_iris.nn.actor_critic import LSTMState
 from sb3_iris.performance import PerformanceOptions, apply_process_options, autocast_context, configure_modules
+from sb3_iris.persistence import IrisPersistence
 from sb3_iris.policies import CnnPolicy, IrisPolicy, MlpPolicy
 from sb3_iris.progress import TrainingProgress, network_summary, schedule_line
-from sb3_iris.schedule import PARTS, check_final_training_epochs, final_epochs, plan_epochs, unreachable_message
-from sb3_iris.validation import (
-    check_env_step,
-    check_integer,
-    check_policy_kwargs,
-    check_real,
-    check_total_timesteps,
-    is_integer,
-)
+from sb3_iris.schedule import PARTS, final_epochs, plan_epochs, unreachable_message
+from sb3_iris.spaces import check_env_spaces, check_spaces
+from sb3_iris.training import make_phases, phase_metrics, run_phase
+from sb3_iris.validation import check_hyperparameters, check_networks_fit, check_total_timesteps
 
 SelfIRIS = TypeVar("SelfIRIS", bound="IRIS")
-
-# Frames tokenized per tokenizer call when filling world-model / imagination batches (bounds memory).
-TOKENIZE_CHUNK = 512
 
 # At verbose >= 1, a training phase running longer than this prints its progress this often (seconds).
 PROGRESS_PRINT_SECONDS = 30.0
 
-# The state dicts saved with the model (policy, then the three optimisers), each as ``<name>.pth`` in the zip.
-STATE_DICT_NAMES = (
-    "policy",
-    "policy.tokenizer_optimizer",
-    "policy.world_model_optimizer",
-    "policy.actor_critic_optimizer",
-)
 
-
-class IRIS(BaseAlgorithm):
+class IRIS(IrisPersistence, IrisCollection):
     """IRIS: Transformers are Sample-Efficient World Models (Micheli et al., ICLR 2023).
 
     Paper: https://arxiv.org/abs/2209.00588. Defaults depend on the policy (``preset``, :mod:`sb3_iris.defaults`):
@@ -115,7 +88,8 @@ class IRIS(BaseAlgorithm):
         used as imagination burn-in within an epoch (same results; 0 disables)
     :param mixed_precision: bf16 autocast for the forward passes where the device supports it (None: off;
         see the README's performance section for when it pays off); losses and optimiser states stay float32
-    :param channels_last: NHWC memory format for the convolutional networks (None: on; 8-12% faster on a CPU)
+    :param channels_last: NHWC memory format for the convolutional networks (None: on; see the README's performance
+        section)
     :param merge_last_token: in imagination, write each generated frame's last token into the KV cache together
         with the next action token (K instead of K + 1 transformer passes per imagined step; same results)
     :param fused_optimizers: fused Adam/AdamW kernels (None: on where torch supports them for the device)
@@ -123,8 +97,9 @@ class IRIS(BaseAlgorithm):
         compiled with ``torch.compile`` (CUDA graphs on CUDA); same results within float tolerance; compiling
         takes about a minute at the start (None: off)
     :param tune_cpu_allocator: make glibc's malloc keep freed memory for reuse instead of unmapping and
-        page-faulting large tensors on every step (None: on for CPU devices on glibc; up to 2x faster tokenizer
-        and world-model updates on a 2-core CPU; same results; process-wide; a higher resident set)
+        page-faulting large tensors on every step (None: on for CPU devices on glibc; same results, a higher
+        resident set; see the README's performance section). Process-wide: applied when ``learn()`` starts (announced
+        at verbose >= 1) and kept for the rest of the process; never by ``load`` or by the evaluate / play tools
     :param stats_window_size: window for the rollout episode statistics
     :param tensorboard_log: TensorBoard log folder (None: no logging)
     :param policy_kwargs: keyword arguments of the policy (``tokenizer_kwargs``, ``world_model_kwargs``,
@@ -192,7 +167,7 @@ class IRIS(BaseAlgorithm):
         _init_setup_model: bool = True,
     ) -> None:
         if env is not None and not isinstance(env, str):
-            _check_env_spaces(env)
+            check_env_spaces(env)
         super().__init__(
             policy=policy,
             env=env,
@@ -208,7 +183,7 @@ class IRIS(BaseAlgorithm):
             supported_action_spaces=None,
         )
         if self.env is not None:
-            _check_env_spaces(self.env)
+            check_env_spaces(self.env)
         self.n_steps_per_epoch = n_steps_per_epoch
         self.tokenizer_updates_per_epoch = tokenizer_updates_per_epoch
         self.world_model_updates_per_epoch = world_model_updates_per_epoch
@@ -246,6 +221,7 @@ class IRIS(BaseAlgorithm):
         self.last_phase_seconds: dict[str, float] = {}
         self.last_collection_seconds = 0.0
         self._collection_state: Optional[LSTMState] = None
+        self._progress: Optional[TrainingProgress] = None
         self._apply_preset(preset)
         self._validate_hyperparameters()
         if _init_setup_model:
@@ -264,55 +240,13 @@ class IRIS(BaseAlgorithm):
         self.policy_kwargs = merge_policy_kwargs(self.preset, self.policy_kwargs)
 
     def _validate_hyperparameters(self) -> None:
-        """Refuse impossible values before any work, naming the argument, the value and what is valid.
-
-        Also non-finite numbers (NaN fails every comparison) and values of the wrong type (``buffer_size="4"``).
-        """
-        positive = (
-            "n_steps_per_epoch",
-            "tokenizer_batch_size",
-            "world_model_batch_size",
-            "actor_critic_batch_size",
-            "sequence_length",
-            "imagination_horizon",
-        )
-        for name in positive:
-            check_integer(name, getattr(self, name), 1)
-        non_negative = (
-            # 0 updates per epoch freezes that part (its phase is skipped).
-            "tokenizer_updates_per_epoch",
-            "world_model_updates_per_epoch",
-            "actor_critic_updates_per_epoch",
-            "tokenizer_start_after_epochs",
-            "world_model_start_after_epochs",
-            "actor_critic_start_after_epochs",
-            "burn_in",
-        )
-        for name in non_negative:
-            check_integer(name, getattr(self, name), 0)
-        check_final_training_epochs(self.final_training_epochs)
-        if self.tokenizer_stop_after_epochs is not None:
-            check_integer("tokenizer_stop_after_epochs", self.tokenizer_stop_after_epochs, 0)
-        if self.imagination_horizon < 2:
-            raise ValueError(f"imagination_horizon={self.imagination_horizon} must be >= 2 (the loss uses H - 1 steps)")
-        for name in ("gamma", "gae_lambda", "collect_epsilon"):
-            check_real(name, getattr(self, name), 0.0, 1.0)
-        for name in ("collect_temperature", "imagination_temperature", "max_grad_norm"):
-            check_real(name, getattr(self, name), low=0.0, low_inclusive=False)
-        check_real("ent_coef", self.ent_coef, low=0.0)
-        if not callable(self.learning_rate):
-            check_real("learning_rate", self.learning_rate, low=0.0, low_inclusive=False)
-        if self.buffer_size is not None and (not is_integer(self.buffer_size) or self.buffer_size < 1):
-            raise ValueError(f"buffer_size={self.buffer_size!r} must be >= 1 (an integer) or None")
-        check_real("reconstruction_cache_gb", self.reconstruction_cache_gb, low=0.0)
-        if self.replay_memory_budget_gb is not None:
-            check_real("replay_memory_budget_gb", self.replay_memory_budget_gb, low=0.0, low_inclusive=False)
-        check_policy_kwargs(self.policy_kwargs)
+        """Refuse impossible values before any work (:func:`sb3_iris.validation.check_hyperparameters`)."""
+        check_hyperparameters(self)
 
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
-        _check_observation_space(self.observation_space)
+        check_spaces(self.observation_space, None)
         self.performance = PerformanceOptions(
             mixed_precision=self.mixed_precision,
             channels_last=self.channels_last,
@@ -321,8 +255,7 @@ class IRIS(BaseAlgorithm):
             compile_imagination=self.compile_imagination,
             tune_cpu_allocator=self.tune_cpu_allocator,
         ).resolved(self.device)
-        apply_process_options(self.performance)
-        # Build on the target device first so that fused optimiser states are created there.
+        # Move the networks to the target device before making the optimisers, so that fused states are created there.
         self.policy = self.policy_class(
             self.observation_space,
             self.action_space,
@@ -330,38 +263,28 @@ class IRIS(BaseAlgorithm):
             **self.policy_kwargs,
         )
         self.policy = self.policy.to(self.device)
-        configure_modules(self.performance, self.device, self.policy.tokenizer, self.policy.actor_critic)
+        configure_modules(self.performance, self.policy.tokenizer, self.policy.actor_critic)
         self.policy.make_optimizers(self.lr_schedule, fused=bool(self.performance.fused_optimizers))
-        if self.policy.world_model.config.parallel_observations and self.performance.compile_imagination:
-            raise ValueError(
-                "compile_imagination=True cannot be combined with world_model_kwargs parallel_observations=True "
-                "(the compiled pass generates one token at a time); set one of them to False"
-            )
-        max_blocks = self.policy.world_model.config.max_blocks
-        if self.sequence_length > max_blocks:
-            raise ValueError(
-                f"sequence_length={self.sequence_length} exceeds the world model's context "
-                f"(world_model_kwargs max_blocks={max_blocks})"
-            )
-        imagined_blocks = min(self.imagination_horizon + 1, max_blocks)
-        if imagined_blocks > self.sequence_length:
-            warnings.warn(
-                f"imagination_horizon={self.imagination_horizon} reaches block position {imagined_blocks} of the "
-                f"world model, but it is trained on segments of sequence_length={self.sequence_length} blocks: the "
-                f"last {imagined_blocks - self.sequence_length} imagined steps use position embeddings that never "
-                f"receive training. Use sequence_length >= min(imagination_horizon + 1, max_blocks={max_blocks}) "
-                "(IRIS: 20 and 20, re-priming at max_blocks=20).",
-                UserWarning,
-                stacklevel=2,
-            )
+        check_networks_fit(
+            self.policy.world_model.config, self.sequence_length, self.imagination_horizon, self.performance
+        )
         self.replay_buffer = self._make_replay_buffer()
-        self.replay_buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
-        self._reconstruction_cache = ReconstructionCache(int(self.reconstruction_cache_gb * 1024**3), self.device)
-        self._token_stepper = (
-            OneTokenStepper(self.policy.world_model, compile=True) if self.performance.compile_imagination else None
+        self.tokenizer_cache = FrozenTokenizerCache(
+            self.policy.tokenizer,
+            self.observation_space,
+            self.device,
+            use_token_cache=self.use_token_cache,
+            reconstruction_cache_bytes=int(self.reconstruction_cache_gb * 1024**3),
+            autocast=self.autocast,
+        )
+        self.tokenizer_cache.attach(self.replay_buffer)
+        compiled = self.performance.compile_imagination
+        stepper = OneTokenStepper(self.policy.world_model, compile=True) if compiled else None
+        # One dream environment reused by every imagination (its KV cache is allocated once per batch size).
+        self.dream_env = DreamEnv(
+            self.policy.world_model, self.imagination_temperature, self.performance.merge_last_token, stepper
         )
         self._collection_state = None
-        self._epoch_padding_tokens: Optional[torch.Tensor] = None
 
     def _make_replay_buffer(self) -> EpisodeReplayBuffer:
         budget = None if self.replay_memory_budget_gb is None else int(self.replay_memory_budget_gb * 1024**3)
@@ -378,249 +301,39 @@ class IRIS(BaseAlgorithm):
         return [
             *super()._excluded_save_params(),
             "_collection_state",
-            "_epoch_padding_tokens",
+            "tokenizer_cache",
             "performance",
-            "_kv_cache",
-            "_phase_progress",
             "_progress",
-            "_reconstruction_cache",
-            "_token_stepper",
+            "dream_env",
         ]
-
-    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        return list(STATE_DICT_NAMES), []
-
-    def save(
-        self,
-        path: Union[str, pathlib.Path, io.BufferedIOBase],
-        exclude: Optional[Iterable[str]] = None,
-        include: Optional[Iterable[str]] = None,
-    ) -> None:
-        """Save the model (see ``BaseAlgorithm.save``), atomically, with the random-number streams of the run.
-
-        A path is written through a temporary file in the same folder that replaces the target only once it
-        is complete: a save that fails halfway leaves the previous file as it was. The states of torch's,
-        NumPy's and Python's generators are saved too, and :meth:`load` restores them, so that
-        ``save`` -> ``load`` -> ``learn(..., reset_num_timesteps=False)`` continues the same random streams.
-
-        :param path: file (``.zip`` added when the name has no suffix) or writable file-like object
-        :param exclude: attributes not to save, in addition to the default ones
-        :param include: attributes to save although excluded by default
-        """
-        save = super().save
-        self._rng_states = capture_rng_states()
-        try:
-            if isinstance(path, (str, os.PathLike)):
-                atomic_write(path, "zip", lambda temporary: save(temporary, exclude, include))
-            else:
-                save(path, exclude, include)
-        finally:
-            del self._rng_states
-
-    def set_parameters(
-        self,
-        load_path_or_dict: Union[str, pathlib.Path, io.BufferedIOBase, dict[str, Any]],
-        exact_match: bool = True,
-        device: Union[torch.device, str] = "auto",
-    ) -> None:
-        """Load parameters and optimiser states (see ``BaseAlgorithm.set_parameters``), all or nothing.
-
-        Every tensor's shape (and, with ``exact_match``, every name) is checked before anything is loaded: a
-        file of another architecture raises a ``ValueError`` listing the differences and changes nothing.
-
-        :param load_path_or_dict: a model file, or a dict of state dicts by name (``get_parameters()``)
-        :param exact_match: also refuse missing or unexpected state dicts and tensors
-        :param device: where to load the tensors of a file
-        """
-        if isinstance(load_path_or_dict, dict):
-            params = load_path_or_dict
-        else:
-            _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
-        objects = {name: getattr(self.policy, name.split(".", 1)[1], None) for name in STATE_DICT_NAMES[1:]}
-        objects["policy"] = self.policy
-        check_state_dict_shapes(objects, params, list(STATE_DICT_NAMES), exact_match)
-        super().set_parameters(params, exact_match=exact_match, device=device)
-
-    @classmethod
-    def load(  # type: ignore[override]
-        cls: type[SelfIRIS],
-        path: Union[str, pathlib.Path, io.BufferedIOBase],
-        env: Optional[GymEnv] = None,
-        device: Union[torch.device, str] = "auto",
-        custom_objects: Optional[dict[str, Any]] = None,
-        print_system_info: bool = False,
-        force_reset: bool = True,
-        **kwargs: Any,
-    ) -> SelfIRIS:
-        """Load a model saved with :meth:`save` (see ``BaseAlgorithm.load``).
-
-        A file that is not a zip archive, is truncated or corrupted, or lacks the IRIS parts raises a
-        ``ValueError`` that names the file and the problem. The random-number streams (torch, NumPy, Python)
-        continue from their state at :meth:`save`, also when ``seed`` is given (it only sets ``model.seed``);
-        call ``model.set_random_seed(seed)`` afterwards to restart them instead. With ``env`` and
-        ``force_reset=False``, a live env in the same process continues its episodes too (see the README's
-        Reliability section).
-        """
-        _check_model_archive(path)
-        try:
-            model = super().load(
-                path,
-                env=env,
-                device=device,
-                custom_objects=custom_objects,
-                print_system_info=print_system_info,
-                force_reset=force_reset,
-                **kwargs,
-            )
-        except (
-            zipfile.BadZipFile,
-            KeyError,
-            EOFError,
-            AssertionError,
-            pickle.UnpicklingError,
-            RuntimeError,
-            json.JSONDecodeError,
-            UnicodeDecodeError,
-        ) as e:
-            raise ValueError(f"could not load IRIS model from {path}: {type(e).__name__}: {e}") from e
-        # BaseAlgorithm.load re-seeded the generators from `seed`; continue the saved streams instead.
-        rng_states = model.__dict__.pop("_rng_states", None)
-        if rng_states is not None:
-            restore_rng_states(rng_states)
-        return model
 
     # ----------------------------------------------------------------------------------------------
     # Data: tokens of replay observations
     # ----------------------------------------------------------------------------------------------
 
-    def _autocast(self):
+    def autocast(self) -> AbstractContextManager:
         """bf16 autocast context when mixed precision is enabled for this device, else a no-op."""
         return autocast_context(self.performance, self.device)
 
-    def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
+    def to_tensor(self, array: np.ndarray) -> torch.Tensor:
+        """``array`` as a tensor on the model's device."""
         return torch.as_tensor(array, device=self.device)
-
-    @torch.no_grad()
-    def _tokenize(self, observations: np.ndarray) -> torch.Tensor:
-        """Tokens ``(N, K)`` of raw observations ``(N, *obs_shape)``, computed in chunks."""
-        tokenizer = self.policy.tokenizer
-        with self._autocast():
-            chunks = [
-                tokenizer.tokenize(tokenizer.preprocess(self._to_tensor(observations[i : i + TOKENIZE_CHUNK])))
-                for i in range(0, len(observations), TOKENIZE_CHUNK)
-            ]
-        if not chunks:
-            return torch.empty(0, tokenizer.tokens_per_obs, dtype=torch.long, device=self.device)
-        return torch.cat(chunks)
-
-    def _padding_tokens(self) -> torch.Tensor:
-        """Tokens of an all-zero observation (what padded steps contain), computed once per epoch."""
-        if self._epoch_padding_tokens is None:
-            zero = np.zeros((1, *self.observation_space.shape), dtype=self.observation_space.dtype)
-            self._epoch_padding_tokens = self._tokenize(zero)[0]
-        return self._epoch_padding_tokens
 
     def segment_tokens(
         self, observations: np.ndarray, env_indices: np.ndarray, time_indices: np.ndarray, mask_padding: np.ndarray
     ) -> torch.Tensor:
-        """Tokens ``(B, L, K)`` of a batch of segments, through the per-epoch token cache when enabled.
+        """Tokens ``(B, L, K)`` of a batch of segments (:meth:`FrozenTokenizerCache.segment_tokens`)."""
+        return self.tokenizer_cache.segment_tokens(observations, env_indices, time_indices, mask_padding)
 
-        The tokenizer is frozen outside its own phase, so cached tokens equal recomputed ones.
-        """
-        batch_shape = mask_padding.shape
-        if not self.use_token_cache:
-            flat = observations.reshape(-1, *observations.shape[len(batch_shape) :])
-            return self._tokenize(flat).view(*batch_shape, -1)
-        k = self.policy.tokenizer.tokens_per_obs
-        tokens = self._padding_tokens().expand(*batch_shape, k).clone()
-        real = mask_padding.astype(bool)
-        env_real, time_real = env_indices[real], time_indices[real]
-        cached, valid = self.replay_buffer.cached_tokens(env_real, time_real)
-        cached = np.array(cached, dtype=np.int64, copy=True)
-        missing = ~valid
-        if missing.any():
-            computed = self._tokenize(observations[real][missing]).cpu().numpy()
-            cached[missing] = computed
-            self.replay_buffer.store_tokens(env_real[missing], time_real[missing], computed)
-        tokens[torch.as_tensor(real, device=self.device)] = self._to_tensor(cached)
-        return tokens
+    def context_reconstructions(
+        self, context_tokens: torch.Tensor, env_indices: np.ndarray, time_indices: np.ndarray, mask_padding: np.ndarray
+    ) -> torch.Tensor:
+        """Reconstructions of replay contexts (:meth:`FrozenTokenizerCache.context_reconstructions`)."""
+        return self.tokenizer_cache.context_reconstructions(context_tokens, env_indices, time_indices, mask_padding)
 
     # ----------------------------------------------------------------------------------------------
-    # Training phases
+    # Training
     # ----------------------------------------------------------------------------------------------
-
-    def _clip_and_step(self, loss: torch.Tensor, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), self.max_grad_norm)
-        optimizer.step()
-
-    def _report_progress(self, done: int, total: int) -> None:
-        """Report a training phase at update ``done`` of ``total`` (verbose >= 1 or progress_bar: sb3_iris.progress)."""
-        progress, phase = getattr(self, "_progress", None), getattr(self, "_phase_progress", None)
-        if progress is not None and phase is not None:
-            progress.phase_update(self._n_epochs, phase[0], done, total)
-
-    # Replay observations used to fit a vector tokenizer's input standardisation (once, before its first update).
-    NORMALIZATION_SAMPLE = 10_000
-
-    def _train_tokenizer(self) -> dict[str, float]:
-        tokenizer = self.policy.tokenizer
-        if getattr(tokenizer, "needs_normalization_fit", False):
-            frames, _, _ = self.replay_buffer.sample_frames(min(self.NORMALIZATION_SAMPLE, self.replay_buffer.n_steps))
-            tokenizer.fit_normalization(self._to_tensor(frames))
-        tokenizer.train()
-        totals = {"reconstruction": [], "commitment": [], "perceptual": [], "total": []}
-        all_tokens = []
-        for update in range(self.tokenizer_updates_per_epoch):
-            self._report_progress(update, self.tokenizer_updates_per_epoch)
-            frames, _, _ = self.replay_buffer.sample_frames(self.tokenizer_batch_size)
-            with self._autocast():
-                losses, tokens = tokenizer.compute_loss(tokenizer.preprocess(self._to_tensor(frames)))
-            self._clip_and_step(losses.total, tokenizer, self.policy.tokenizer_optimizer)
-            for name in totals:
-                totals[name].append(getattr(losses, name).item())
-            all_tokens.append(tokens.detach())
-        used, perplexity = codebook_usage(torch.cat(all_tokens), tokenizer.vocab_size)
-        self._n_updates += self.tokenizer_updates_per_epoch
-        return {
-            "train/tokenizer_loss": float(np.mean(totals["total"])),
-            "train/tokenizer_reconstruction_loss": float(np.mean(totals["reconstruction"])),
-            "train/tokenizer_commitment_loss": float(np.mean(totals["commitment"])),
-            "train/tokenizer_perceptual_loss": float(np.mean(totals["perceptual"])),
-            "train/codebook_usage": used,
-            "train/codebook_perplexity": perplexity,
-        }
-
-    def _train_world_model(self) -> dict[str, float]:
-        world_model = self.policy.world_model
-        self.policy.tokenizer.eval()
-        world_model.train()
-        totals = {"total": [], "observations": [], "rewards": [], "ends": []}
-        for update in range(self.world_model_updates_per_epoch):
-            self._report_progress(update, self.world_model_updates_per_epoch)
-            batch = self.replay_buffer.sample_segments(self.world_model_batch_size, self.sequence_length, "right")
-            obs_tokens = self.segment_tokens(
-                batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding
-            )
-            with self._autocast():
-                losses = world_model.compute_loss(
-                    obs_tokens,
-                    self._to_tensor(batch.actions).long(),
-                    self._to_tensor(batch.rewards).float(),
-                    self._to_tensor(batch.terminations),
-                    self._to_tensor(batch.mask_padding),
-                )
-            self._clip_and_step(losses.total, world_model, self.policy.world_model_optimizer)
-            for name in totals:
-                totals[name].append(getattr(losses, name).item())
-        self._n_updates += self.world_model_updates_per_epoch
-        return {
-            "train/world_model_loss": float(np.mean(totals["total"])),
-            "train/world_model_observation_loss": float(np.mean(totals["observations"])),
-            "train/world_model_reward_loss": float(np.mean(totals["rewards"])),
-            "train/world_model_end_loss": float(np.mean(totals["ends"])),
-        }
 
     def imagine(self, batch_size: int, keep_observations: bool = False):
         """Imagine ``batch_size`` trajectories from real replay contexts with the current networks.
@@ -633,7 +346,7 @@ class IRIS(BaseAlgorithm):
         )
         self.policy.tokenizer.eval()
         self.policy.world_model.eval()
-        with self._autocast():
+        with self.autocast():
             reconstructions = self.context_reconstructions(
                 context_tokens, batch.env_indices, batch.time_indices, batch.mask_padding
             )
@@ -642,99 +355,24 @@ class IRIS(BaseAlgorithm):
                 self.policy.world_model,
                 self.policy.actor_critic,
                 context_tokens,
-                self._to_tensor(batch.mask_padding),
+                self.to_tensor(batch.mask_padding),
                 self.imagination_horizon,
                 temperature=self.imagination_temperature,
                 keep_observations=keep_observations,
-                cache=self._imagination_cache(batch_size),
-                merge_last_token=self.performance.merge_last_token,
                 context_reconstructions=reconstructions,
-                stepper=self._token_stepper,
+                dream=self.dream_env,
             )
-
-    @torch.no_grad()
-    def context_reconstructions(
-        self, context_tokens: torch.Tensor, env_indices: np.ndarray, time_indices: np.ndarray, mask_padding: np.ndarray
-    ) -> torch.Tensor:
-        """Reconstructions ``(B, T + 1, *obs_shape)`` of replay contexts, through the per-epoch cache when enabled.
-
-        Padded frames are zeros (the burn-in ignores them). Equal to decoding every real frame's tokens.
-        """
-        mask = torch.as_tensor(mask_padding, device=self.device)
-        if self.reconstruction_cache_gb <= 0:
-            return reconstruct_context(self.policy.tokenizer, context_tokens, mask)
-        real = mask_padding.astype(bool)
-        env_real, time_real = env_indices[real], time_indices[real]
-        tokens_real = context_tokens[mask]
-        slots, found = self._reconstruction_cache.lookup(env_real, time_real)
-        missing = ~found
-        missing_rows = torch.as_tensor(missing, device=self.device)
-        found_rows = torch.as_tensor(found, device=self.device)
-        decoded = cached = None
-        if missing.any():
-            decoded = self.policy.tokenizer.decode_tokens(tokens_real[missing_rows])
-            self._reconstruction_cache.store(env_real[missing], time_real[missing], decoded)
-        if found.any():
-            cached = self._reconstruction_cache.gather(slots[found])
-        sample = decoded if decoded is not None else cached
-        assert sample is not None
-        frames = sample.new_empty(len(env_real), *sample.shape[1:])
-        if decoded is not None:
-            frames[missing_rows] = decoded.to(frames.dtype)
-        if cached is not None:
-            frames[found_rows] = cached.to(frames.dtype)
-        reconstructions = frames.new_zeros(*mask_padding.shape, *frames.shape[1:])
-        reconstructions[mask] = frames
-        return reconstructions
-
-    def _imagination_cache(self, batch_size: int):
-        """A KV cache reused across actor-critic updates (no per-update allocation)."""
-        cache = getattr(self, "_kv_cache", None)
-        if cache is None or cache.batch_size != batch_size:
-            cache = self.policy.world_model.new_cache(batch_size, self.device)
-            self._kv_cache = cache
-        return cache
-
-    def _train_actor_critic(self) -> dict[str, float]:
-        actor_critic = self.policy.actor_critic
-        actor_critic.train()
-        totals = {"total": [], "policy": [], "value": [], "entropy": []}
-        imagined_returns, imagined_rewards, imagined_rewards_per_step = [], [], []
-        for update in range(self.actor_critic_updates_per_epoch):
-            self._report_progress(update, self.actor_critic_updates_per_epoch)
-            rollout = self.imagine(self.actor_critic_batch_size)
-            returns = compute_lambda_returns(
-                rollout.rewards.float(), rollout.values.detach().float(), rollout.ends, self.gamma, self.gae_lambda
-            )
-            losses = actor_critic_loss(
-                rollout.logits[:, :-1],
-                rollout.actions[:, :-1],
-                rollout.values[:, :-1],
-                returns[:, :-1],
-                self.ent_coef,
-                normalize_advantage=self.normalize_advantage,
-            )
-            self._clip_and_step(losses.total, actor_critic, self.policy.actor_critic_optimizer)
-            for name in totals:
-                totals[name].append(getattr(losses, name).item())
-            imagined_returns.append(returns[:, 0].mean().item())
-            imagined_rewards.append(rollout.rewards.sum(1).mean().item())
-            imagined_rewards_per_step.append(rollout.rewards.mean().item())
-        self._n_updates += self.actor_critic_updates_per_epoch
-        return {
-            "train/actor_critic_loss": float(np.mean(totals["total"])),
-            "train/policy_loss": float(np.mean(totals["policy"])),
-            "train/value_loss": float(np.mean(totals["value"])),
-            "train/entropy": float(np.mean(totals["entropy"])),
-            "train/imagined_return": float(np.mean(imagined_returns)),
-            "train/imagined_reward_sum": float(np.mean(imagined_rewards)),
-            "train/imagined_reward_per_step": float(np.mean(imagined_rewards_per_step)),
-        }
 
     def _tokenizer_stopped(self, epoch: int) -> bool:
         """True once the tokenizer's training is over (``tokenizer_stop_after_epochs``)."""
         stop = self.tokenizer_stop_after_epochs
         return stop is not None and epoch > stop
+
+    def _phase_runs(self, epoch: int, name: str) -> bool:
+        """Whether part ``name`` trains in ``epoch``: after its warm-up, before its stop, with updates to do."""
+        if epoch <= getattr(self, f"{name}_start_after_epochs") or getattr(self, f"{name}_updates_per_epoch") == 0:
+            return False  # a part frozen with 0 updates per epoch: no phase, no (NaN) losses logged
+        return not (name == "tokenizer" and self._tokenizer_stopped(epoch))
 
     def train(self) -> None:
         """One epoch of training: tokenizer, then world model, then actor-critic (each after its warm-up)."""
@@ -744,29 +382,16 @@ class IRIS(BaseAlgorithm):
         epoch = self._n_epochs
         metrics: dict[str, float] = {}
         phase_times: dict[str, float] = {}
-        phases = (
-            ("tokenizer", self.tokenizer_start_after_epochs, self._train_tokenizer),
-            ("world_model", self.world_model_start_after_epochs, self._train_world_model),
-            ("actor_critic", self.actor_critic_start_after_epochs, self._train_actor_critic),
-        )
-        for name, start_after, train_phase in phases:
-            if epoch <= start_after or (name == "tokenizer" and self._tokenizer_stopped(epoch)):
+        for phase in make_phases(self):
+            if not self._phase_runs(epoch, phase.name):
                 continue
-            if getattr(self, f"{name}_updates_per_epoch") == 0:
-                continue  # a part frozen with 0 updates per epoch: no phase, no (NaN) losses logged
-            if self.verbose >= 2:
-                print(f"IRIS epoch {epoch}: training {name}", file=sys.stderr)
+            if self._progress is not None:
+                self._progress.note(f"IRIS epoch {epoch}: training {phase.name}", verbose=2)
             start = time.perf_counter()
-            self._phase_progress = (name, start, start)
-            try:
-                metrics.update(train_phase())
-            finally:
-                if name == "tokenizer":
-                    # Tokens cached with the previous tokenizer are stale now (also after an interrupted phase).
-                    self.replay_buffer.invalidate_token_cache()
-                    self._reconstruction_cache.clear()
-                    self._epoch_padding_tokens = None
-            phase_times[name] = time.perf_counter() - start
+            history = run_phase(phase, self._progress_reporter(epoch, phase.name))
+            metrics.update(phase_metrics(phase, history))
+            self._n_updates += phase.n_updates
+            phase_times[phase.name] = time.perf_counter() - start
         for key, value in metrics.items():
             self.logger.record(key, value)
         self.last_phase_seconds = phase_times
@@ -776,101 +401,23 @@ class IRIS(BaseAlgorithm):
         self.logger.record("train/epoch", self._n_epochs)
         self.logger.record("train/learning_rate", self.lr_schedule(self._current_progress_remaining))
 
-    # ----------------------------------------------------------------------------------------------
-    # Collection
-    # ----------------------------------------------------------------------------------------------
+    def train_part(self, name: str) -> dict[str, float]:
+        """Run one part's phase now (``<name>_updates_per_epoch`` updates), whatever the schedule says.
 
-    @torch.no_grad()
-    def _burn_in_collection_state(self) -> LSTMState:
-        """LSTM state from the last ``burn_in`` frames of each env's ongoing episode (IRIS, at each collection)."""
-        policy = self.policy
-        state = policy.initial_state(self.n_envs)
-        if self.burn_in == 0:
-            return state
-        tails = [self.replay_buffer.episode_tail(i, self.burn_in) for i in range(self.n_envs)]
-        length = max(len(tail) for tail in tails)
-        if length == 0:
-            return state
-        shape = self.observation_space.shape
-        frames = np.zeros((self.n_envs, length, *shape), dtype=self.replay_buffer.observation_dtype)
-        mask = np.zeros((self.n_envs, length), dtype=bool)
-        for i, tail in enumerate(tails):
-            if len(tail):
-                frames[i, length - len(tail) :] = tail
-                mask[i, length - len(tail) :] = True
-        reconstructions = policy.reconstruct(self._to_tensor(frames.reshape(-1, *shape)))
-        reconstructions = reconstructions.view(self.n_envs, length, *reconstructions.shape[1:])
-        return policy.actor_critic.burn_in(reconstructions, self._to_tensor(mask), state)
-
-    def _sample_collection_actions(self, episode_starts: np.ndarray) -> np.ndarray:
-        policy = self.policy
-        assert self._collection_state is not None
-        observations = self._to_tensor(self._last_obs)
-        starts = self._to_tensor(episode_starts)
-        actions, self._collection_state = policy.act(
-            observations, self._collection_state, starts, temperature=self.collect_temperature
-        )
-        actions_np = actions.cpu().numpy()
-        explore = np.random.random_sample(self.n_envs) < self.collect_epsilon
-        if explore.any():
-            actions_np[explore] = np.random.randint(self.action_space.n, size=int(explore.sum()))
-        return actions_np
-
-    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, n_vec_steps: int) -> bool:
-        """Collect ``n_vec_steps`` steps of every env into the replay; False if a callback stopped training.
-
-        :param env: the training VecEnv
-        :param callback: callback called after every env step
-        :param n_vec_steps: VecEnv steps to collect
+        :param name: ``"tokenizer"``, ``"world_model"`` or ``"actor_critic"``
+        :return: the phase's metrics (``train/...`` keys), not logged
         """
-        start = time.perf_counter()
-        self.policy.set_training_mode(False)
-        self._collection_state = self._burn_in_collection_state()
-        callback.on_rollout_start()
-        reward_sum = 0.0
-        for step in range(n_vec_steps):
-            actions = self._sample_collection_actions(self._last_episode_starts)
-            try:
-                if step == 0:
-                    check_env_step(self._last_obs, None, self.num_timesteps)  # e.g. the observations of a reset
-                new_obs, rewards, dones, infos = env.step(actions)
-                check_env_step(new_obs, rewards, self.num_timesteps + env.num_envs)
-            except BaseException:
-                # The envs may have moved on without this step being stored: the next learn() resets them (and
-                # ends the replay's ongoing episodes) instead of joining two episodes.
-                self._last_obs = None
-                raise
-            self.num_timesteps += env.num_envs
-            reward_sum += float(np.sum(rewards))
+        (phase,) = [phase for phase in make_phases(self) if phase.name == name]
+        metrics = phase_metrics(phase, run_phase(phase))
+        self._n_updates += phase.n_updates
+        return metrics
 
-            callback.update_locals(locals())
-            try:
-                continue_training = callback.on_step()
-            finally:
-                # Stored also when the callback stops training or raises (KeyboardInterrupt): the envs took this
-                # step, so dropping it would lose a transition and join two episodes in the replay.
-                self._store_transition(actions, new_obs, rewards, dones, infos)
-            if not continue_training:
-                return False
-        self.last_collection_seconds = time.perf_counter() - start
-        self.logger.record("time/collection_seconds", self.last_collection_seconds)
-        # Comparable with train/imagined_reward_per_step: is the world model's picture of rewards the real one?
-        self.logger.record("rollout/reward_per_step", reward_sum / max(n_vec_steps * env.num_envs, 1))
-        callback.on_rollout_end()
-        return True
-
-    def _store_transition(
-        self, actions: np.ndarray, new_obs: np.ndarray, rewards: np.ndarray, dones: np.ndarray, infos: list[dict]
-    ) -> None:
-        """Add one VecEnv step to the replay and move the collection state on to ``new_obs``."""
-        self._update_info_buffer(infos, dones)
-        truncations = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos]) & dones
-        terminations = dones & ~truncations
-        self.replay_buffer.add(self._last_obs, actions, rewards, terminations, truncations)
-        self._last_obs = new_obs
-        self._last_episode_starts = dones
-        self._episode_num += int(dones.sum())
-        self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
+    def _progress_reporter(self, epoch: int, name: str) -> Optional[Callable[[int, int], None]]:
+        """What reports a phase's progress (verbose >= 1 or progress_bar: sb3_iris.progress), None if nothing."""
+        progress = self._progress
+        if progress is None:
+            return None
+        return lambda done, total: progress.phase_update(epoch, name, done, total)
 
     # ----------------------------------------------------------------------------------------------
     # learn
@@ -908,15 +455,15 @@ class IRIS(BaseAlgorithm):
                     f"the replay buffer holds data of {self.replay_buffer.n_envs} envs but the env has {self.n_envs}"
                 )
             self.replay_buffer = self._make_replay_buffer()
-            self.replay_buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
         if env_was_reset:
             # The env restarted its episodes: the replay's ongoing episodes end here.
             self.replay_buffer.close_ongoing_episodes()
-        self._epoch_padding_tokens = None
-        self.replay_buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
+        self.tokenizer_cache.attach(self.replay_buffer)
         n_vec_steps = -(-self.n_steps_per_epoch // self.n_envs)
         timesteps = total_timesteps - self.num_timesteps
         self._progress = self._start_progress(timesteps, n_vec_steps * self.n_envs, progress_bar)
+        if apply_process_options(self.performance):
+            self._progress.note("IRIS: tuned glibc malloc for this process (tune_cpu_allocator; process-wide, kept)")
 
         callback.on_training_start(locals(), globals())
         stopped, collected = False, 0
@@ -954,7 +501,7 @@ class IRIS(BaseAlgorithm):
     def _run_epoch(self, log_interval: int, collected: bool = True) -> None:
         self._n_epochs += 1
         self.train()
-        progress = getattr(self, "_progress", None)
+        progress = self._progress
         if progress is not None:
             collection_seconds = self.last_collection_seconds if collected else None
             progress.epoch_end(self._n_epochs, self.last_phase_seconds, collection_seconds)
@@ -975,130 +522,3 @@ class IRIS(BaseAlgorithm):
         self.logger.record("time/time_elapsed", int(elapsed), exclude="tensorboard")
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         self.logger.dump(step=self.num_timesteps)
-
-    # ----------------------------------------------------------------------------------------------
-    # Replay save / load
-    # ----------------------------------------------------------------------------------------------
-
-    def save_replay_buffer(self, path: Union[str, pathlib.Path, io.BufferedIOBase]) -> None:
-        """Save the replay buffer (pickled, trimmed to the stored data, with its sampling RNG) to ``path``.
-
-        A path is written atomically, as :meth:`save` does (``.pkl`` added when the name has no suffix).
-
-        :param path: file or writable file-like object
-        """
-        from stable_baselines3.common.save_util import save_to_pkl
-
-        self.replay_buffer.action_space = self.action_space
-        if isinstance(path, (str, os.PathLike)):
-            atomic_write(path, "pkl", lambda temporary: save_to_pkl(temporary, self.replay_buffer, self.verbose))
-        else:
-            save_to_pkl(path, self.replay_buffer, self.verbose)
-
-    def load_replay_buffer(self, path, truncate_last_traj: bool = True) -> None:
-        """Load a replay buffer saved by :meth:`save_replay_buffer`.
-
-        :param path: file written by :meth:`save_replay_buffer`
-        :param truncate_last_traj: kept for SB3 signature compatibility; the ongoing episodes of a loaded
-            buffer are always closed when the env is reset
-        """
-        from stable_baselines3.common.save_util import load_from_pkl
-
-        try:
-            buffer = load_from_pkl(path, self.verbose)
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError) as e:
-            raise ValueError(
-                f"could not load an IRIS replay buffer from {path!s}: not a file written by save_replay_buffer() "
-                f"({type(e).__name__}: {e})"
-            ) from e
-        if not isinstance(buffer, EpisodeReplayBuffer):
-            raise TypeError(f"{path!s} does not contain an IRIS EpisodeReplayBuffer (found {type(buffer).__name__})")
-        self._check_loaded_replay(buffer, path)
-        buffer.enable_token_cache(self.policy.tokenizer.tokens_per_obs)
-        self.replay_buffer = buffer
-
-    def _check_loaded_replay(self, buffer: EpisodeReplayBuffer, path: Any) -> None:
-        """Refuse a replay of other spaces or envs, or one whose arrays are inconsistent, before using it."""
-        if buffer.observation_space.shape != self.observation_space.shape:
-            raise ValueError(
-                f"replay observations of shape {buffer.observation_space.shape} do not match the model's "
-                f"{self.observation_space.shape}"
-            )
-        expected_dtype = self.replay_buffer.observation_dtype  # the model's own (empty or not) replay
-        if buffer.observation_dtype != expected_dtype:
-            raise ValueError(
-                f"replay observations stored as {buffer.observation_dtype} do not match the model's "
-                f"{expected_dtype} (observation_space={self.observation_space}; replay: {buffer.observation_space})"
-            )
-        n_actions = int(self.action_space.n)
-        if buffer.action_space is not None and int(buffer.action_space.n) != n_actions:
-            raise ValueError(
-                f"the replay in {path!s} holds actions of {buffer.action_space} but the model has "
-                f"action_space={self.action_space}: its actions would be read as other actions"
-            )
-        try:
-            buffer.check_integrity(n_actions)
-        except ValueError as e:
-            raise ValueError(f"could not load the replay buffer in {path!s}: {e}") from e
-
-
-def _check_model_archive(path: Union[str, pathlib.Path, io.BufferedIOBase]) -> None:
-    """Raise ``ValueError`` if ``path`` is not a readable IRIS model archive (file-likes are left to SB3)."""
-    if not isinstance(path, (str, pathlib.Path)):
-        return
-    file_path = pathlib.Path(path)
-    if not file_path.exists() and file_path.suffix != ".zip":
-        file_path = file_path.with_name(file_path.name + ".zip")  # SB3's open_path adds the suffix too
-    if not file_path.is_file():
-        return  # SB3 raises FileNotFoundError
-    try:
-        with zipfile.ZipFile(file_path) as archive:
-            names = set(archive.namelist())
-            corrupted = archive.testzip()
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
-        size = os.path.getsize(file_path)
-        raise ValueError(
-            f"could not load IRIS model from {path}: not a valid zip archive ({size} bytes; truncated or not a "
-            f"file written by IRIS.save()): {e}"
-        ) from e
-    if corrupted is not None:
-        raise ValueError(f"could not load IRIS model from {path}: member {corrupted!r} of the zip archive is corrupted")
-    expected = ["data", *(f"{n}.pth" for n in STATE_DICT_NAMES)]
-    missing = [name for name in expected if name not in names]
-    if len(missing) == len(expected):
-        raise ValueError(
-            f"could not load IRIS model from {path}: no IRIS model in this zip archive (none of {expected} found); "
-            "the file is truncated or was not written by IRIS.save()"
-        )
-    if missing:
-        raise ValueError(
-            f"could not load IRIS model from {path}: the archive lacks {missing} (a model of another algorithm, "
-            "or a damaged file?)"
-        )
-
-
-def _check_observation_space(observation_space: spaces.Space) -> None:
-    if isinstance(observation_space, spaces.Dict):
-        raise ValueError(
-            f"IRIS does not support Dict observation spaces (got {observation_space}); "
-            "use a Box of images (CnnPolicy) or a 1-D Box (MlpPolicy)"
-        )
-    if not isinstance(observation_space, spaces.Box):
-        raise ValueError(f"IRIS supports only Box observation spaces, got observation_space={observation_space}")
-
-
-def _check_env_spaces(env: Any) -> None:
-    action_space = getattr(env, "action_space", None)
-    if action_space is not None and not isinstance(action_space, spaces.Discrete):
-        raise ValueError(
-            f"IRIS supports only Discrete action spaces, got action_space={action_space} "
-            f"({type(action_space).__name__})"
-        )
-    if action_space is not None and int(action_space.start) != 0:
-        raise ValueError(
-            f"IRIS needs Discrete action spaces that start at 0, got action_space={action_space} "
-            f"(start={action_space.start}); wrap the env to shift its actions"
-        )
-    observation_space = getattr(env, "observation_space", None)
-    if observation_space is not None:
-        _check_observation_space(observation_space)

@@ -11,11 +11,11 @@
   wrapped in ``torch.compile`` (on CUDA with ``mode="reduce-overhead"``, i.e. replayed as a CUDA graph). Off by
   default: compiling takes a minute, and its gain has not been measured on a GPU yet (see the README).
 - ``tune_cpu_allocator``: keep freed CPU memory in the process (glibc ``mallopt``) instead of returning every
-  large tensor to the kernel with ``munmap`` and page-faulting it back in on the next allocation. PyTorch's CPU
-  allocator is plain ``malloc``: without this, one paper-sized tokenizer update page-faults about 2 GB of
-  activations every step, and half the time of a step can go to the kernel zeroing pages. It changes no
-  numbers (only where memory comes from); the price is a higher resident set (freed memory is reused, not
-  returned). Process-wide and not undone by later IRIS objects.
+  large tensor to the kernel with ``munmap`` and page-faulting it back in on the next allocation (PyTorch's CPU
+  allocator is plain ``malloc``; the README's performance section has the measured cost). It changes no numbers
+  (only where memory comes from); the price is a higher resident set (freed memory is reused, not returned).
+  Process-wide and not undone by later IRIS objects: applied when ``IRIS.learn()`` starts (announced at
+  ``verbose >= 1``), never by ``IRIS.load`` or the evaluate / play tools.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ class PerformanceOptions:
     """Speed switches (see the module docstring). ``None`` means: decide from the device.
 
     :param mixed_precision: bf16 autocast; ``None``: off (opt-in, see the README's performance section)
-    :param channels_last: NHWC convolutions; ``None``: on (8-12% faster for the tokenizer update on a 2-core
-        AVX-512 CPU; the usual choice for CUDA)
+    :param channels_last: NHWC convolutions; ``None``: on (faster on CPUs, the usual choice for CUDA; figures in
+        the README)
     :param merge_last_token: merge the last-token pass with the next action pass in imagination
     :param fused_optimizers: fused Adam/AdamW; ``None``: on where torch supports it for the device
     :param compile_imagination: compiled static-shape one-token world-model passes in imagination; ``None``: off
@@ -98,16 +98,16 @@ def autocast_context(options: PerformanceOptions, device: Union[torch.device, st
     return nullcontext()
 
 
-def configure_modules(options: PerformanceOptions, device: Union[torch.device, str], *modules: nn.Module) -> None:
-    """Apply memory-format choices to convolutional ``modules`` in place."""
-    if options.resolved(torch.device(device)).channels_last:
+def configure_modules(options: PerformanceOptions, *modules: nn.Module) -> None:
+    """Apply the memory-format choice of resolved ``options`` to convolutional ``modules`` in place."""
+    if options.channels_last:
         for module in modules:
             module.to(memory_format=torch.channels_last)
 
 
-def optimizer_kwargs(options: PerformanceOptions, device: Union[torch.device, str]) -> dict:
-    """Keyword arguments selecting fused optimiser kernels when enabled."""
-    return {"fused": True} if options.resolved(torch.device(device)).fused_optimizers else {}
+def optimizer_kwargs(options: PerformanceOptions) -> dict:
+    """Keyword arguments selecting fused optimiser kernels when resolved ``options`` enable them."""
+    return {"fused": True} if options.fused_optimizers else {}
 
 
 # mallopt parameter numbers from glibc's <malloc.h>.
@@ -154,7 +154,13 @@ def configure_cpu_allocator() -> bool:
     return applied
 
 
-def apply_process_options(options: PerformanceOptions) -> None:
-    """Apply the process-wide switches of resolved ``options`` (currently the CPU allocator)."""
-    if options.tune_cpu_allocator:
-        configure_cpu_allocator()
+def apply_process_options(options: PerformanceOptions) -> bool:
+    """Apply the process-wide switches of resolved ``options`` (currently the CPU allocator).
+
+    IRIS calls it when ``learn()`` starts, never when a model is built or loaded.
+
+    :return: whether this call changed a process-wide setting (False when off, unsupported or already applied)
+    """
+    if not options.tune_cpu_allocator or _cpu_allocator_configured:
+        return False
+    return configure_cpu_allocator()

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import Schedule
 
 from sb3_iris.imagination import sample_from_logits
 from sb3_iris.nn.actor_critic import ActorCritic, ActorCriticConfig, LSTMState
 from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig, MlpTokenizer, MlpTokenizerConfig, Tokenizer
 from sb3_iris.nn.world_model import WorldModel, WorldModelConfig
+from sb3_iris.spaces import check_image_observations, check_spaces, check_vector_observations, is_image
 from sb3_iris.validation import check_predict_image, check_predict_state
 
 # Policy-level LSTM state as RecurrentPPO exposes it: (h, c), each (1, n_envs, lstm_dim).
@@ -116,16 +116,10 @@ class IrisPolicy(BasePolicy):
 
     @property
     def is_image(self) -> bool:
-        return len(self.observation_space.shape) == 3
+        return is_image(self.observation_space)
 
     def _check_spaces(self, observation_space: spaces.Space, action_space: spaces.Space) -> None:
-        if not isinstance(action_space, spaces.Discrete):
-            raise ValueError(f"IRIS supports only Discrete action spaces, got action_space={action_space}")
-        if not isinstance(observation_space, spaces.Box):
-            raise ValueError(
-                f"IRIS supports only Box observation spaces (images or 1-D vectors), got observation_space="
-                f"{observation_space}"
-            )
+        check_spaces(observation_space, action_space)
 
     def _make_tokenizer(self) -> Tokenizer:
         shape = self.observation_space.shape
@@ -160,11 +154,13 @@ class IrisPolicy(BasePolicy):
             observation_shape=tuple(self.observation_space.shape),
         )
         self.actor_critic = ActorCritic(actor_critic_config)
-
-        self.make_optimizers(lr_schedule)
+        # The optimisers are made once the networks are on their device (fused kernels need the parameters there):
+        # IRIS._setup_model calls make_optimizers after policy.to(device).
 
     def make_optimizers(self, lr_schedule: Schedule, fused: bool = False) -> None:
-        """(Re)create the three optimisers: Adam for tokenizer and actor-critic, AdamW for the world model.
+        """Create the three optimisers: Adam for tokenizer and actor-critic, AdamW for the world model.
+
+        Call it once the networks are on their device (the algorithm does, in ``_setup_model``).
 
         :param lr_schedule: learning-rate schedule (its value at progress 1 is the initial rate)
         :param fused: use fused kernels where this torch supports them for the parameters' device
@@ -297,11 +293,7 @@ class CnnPolicy(IrisPolicy):
 
     def _check_spaces(self, observation_space: spaces.Space, action_space: spaces.Space) -> None:
         super()._check_spaces(observation_space, action_space)
-        if not is_image_space(observation_space, check_channels=False) or len(observation_space.shape) != 3:
-            raise ValueError(
-                "CnnPolicy needs image observations: a uint8 Box in [0, 255] of shape (H, W, C) or (C, H, W); got "
-                f"observation_space={observation_space}. Use MlpPolicy for 1-D vector observations."
-            )
+        check_image_observations(observation_space)
 
 
 class MlpPolicy(IrisPolicy):
@@ -309,8 +301,4 @@ class MlpPolicy(IrisPolicy):
 
     def _check_spaces(self, observation_space: spaces.Space, action_space: spaces.Space) -> None:
         super()._check_spaces(observation_space, action_space)
-        if len(observation_space.shape) != 1:
-            raise ValueError(
-                f"MlpPolicy needs 1-D Box observations, got shape {observation_space.shape} "
-                f"(observation_space={observation_space}). Use CnnPolicy for images."
-            )
+        check_vector_observations(observation_space)

@@ -150,7 +150,15 @@ class TrainingProgress:
 
     def announce(self, line: str) -> None:
         """Print the schedule line (verbose >= 1)."""
-        if self.verbose >= 1:
+        self.note(line)
+
+    def note(self, line: str, verbose: int = 1) -> None:
+        """Print a line at this verbosity and above (through the bar when one is shown).
+
+        :param line: the text
+        :param verbose: the lowest verbosity that shows it
+        """
+        if self.verbose >= verbose:
             self._print(line)
 
     def phase_update(self, epoch: int, phase: str, done: int, total: int) -> None:

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Mapping
 from typing import Any, Optional
 
 import numpy as np
 
+from sb3_iris.schedule import check_final_training_epochs
+
 __all__ = [
     "check_env_step",
+    "check_hyperparameters",
+    "check_networks_fit",
     "check_integer",
     "check_policy_kwargs",
     "check_predict_image",
@@ -199,4 +204,88 @@ def check_predict_state(state: Any, episode_start: Any, n_envs: int, lstm_dim: i
         raise ValueError(
             f"episode_start has {np.size(episode_start)} entries (shape {np.shape(episode_start)}), expected one per "
             f"observation: n_envs={n_envs}"
+        )
+
+
+def check_hyperparameters(model: Any) -> None:
+    """Refuse impossible hyperparameters of an IRIS model before any work, naming the argument, the value and
+    what is valid. Also non-finite numbers (NaN fails every comparison) and values of the wrong type
+    (``buffer_size="4"``).
+
+    :param model: the IRIS model (its constructor arguments, after the preset filled them in)
+    """
+    positive = (
+        "n_steps_per_epoch",
+        "tokenizer_batch_size",
+        "world_model_batch_size",
+        "actor_critic_batch_size",
+        "sequence_length",
+        "imagination_horizon",
+    )
+    for name in positive:
+        check_integer(name, getattr(model, name), 1)
+    non_negative = (
+        # 0 updates per epoch freezes that part (its phase is skipped).
+        "tokenizer_updates_per_epoch",
+        "world_model_updates_per_epoch",
+        "actor_critic_updates_per_epoch",
+        "tokenizer_start_after_epochs",
+        "world_model_start_after_epochs",
+        "actor_critic_start_after_epochs",
+        "burn_in",
+    )
+    for name in non_negative:
+        check_integer(name, getattr(model, name), 0)
+    check_final_training_epochs(model.final_training_epochs)
+    if model.tokenizer_stop_after_epochs is not None:
+        check_integer("tokenizer_stop_after_epochs", model.tokenizer_stop_after_epochs, 0)
+    if model.imagination_horizon < 2:
+        raise ValueError(f"imagination_horizon={model.imagination_horizon} must be >= 2 (the loss uses H - 1 steps)")
+    for name in ("gamma", "gae_lambda", "collect_epsilon"):
+        check_real(name, getattr(model, name), 0.0, 1.0)
+    for name in ("collect_temperature", "imagination_temperature", "max_grad_norm"):
+        check_real(name, getattr(model, name), low=0.0, low_inclusive=False)
+    check_real("ent_coef", model.ent_coef, low=0.0)
+    if not callable(model.learning_rate):
+        check_real("learning_rate", model.learning_rate, low=0.0, low_inclusive=False)
+    if model.buffer_size is not None and (not is_integer(model.buffer_size) or model.buffer_size < 1):
+        raise ValueError(f"buffer_size={model.buffer_size!r} must be >= 1 (an integer) or None")
+    check_real("reconstruction_cache_gb", model.reconstruction_cache_gb, low=0.0)
+    if model.replay_memory_budget_gb is not None:
+        check_real("replay_memory_budget_gb", model.replay_memory_budget_gb, low=0.0, low_inclusive=False)
+    check_policy_kwargs(model.policy_kwargs)
+
+
+def check_networks_fit(
+    world_model_config: Any, sequence_length: int, imagination_horizon: int, performance: Any
+) -> None:
+    """Refuse segments longer than the world model's context and switches that exclude each other; warn when
+    imagination reaches block positions that training never does.
+
+    :param world_model_config: the world model's :class:`~sb3_iris.nn.world_model.WorldModelConfig`
+    :param sequence_length: steps per world-model training segment
+    :param imagination_horizon: imagined steps per trajectory
+    :param performance: the resolved :class:`~sb3_iris.performance.PerformanceOptions`
+    """
+    if world_model_config.parallel_observations and performance.compile_imagination:
+        raise ValueError(
+            "compile_imagination=True cannot be combined with world_model_kwargs parallel_observations=True "
+            "(the compiled pass generates one token at a time); set one of them to False"
+        )
+    max_blocks = world_model_config.max_blocks
+    if sequence_length > max_blocks:
+        raise ValueError(
+            f"sequence_length={sequence_length} exceeds the world model's context "
+            f"(world_model_kwargs max_blocks={max_blocks})"
+        )
+    imagined_blocks = min(imagination_horizon + 1, max_blocks)
+    if imagined_blocks > sequence_length:
+        warnings.warn(
+            f"imagination_horizon={imagination_horizon} reaches block position {imagined_blocks} of the "
+            f"world model, but it is trained on segments of sequence_length={sequence_length} blocks: the "
+            f"last {imagined_blocks - sequence_length} imagined steps use position embeddings that never "
+            f"receive training. Use sequence_length >= min(imagination_horizon + 1, max_blocks={max_blocks}) "
+            "(IRIS: 20 and 20, re-priming at max_blocks=20).",
+            UserWarning,
+            stacklevel=3,
         )

@@ -5,6 +5,7 @@ import pytest
 from gymnasium import spaces
 
 from sb3_iris.buffers import EpisodeReplayBuffer, SegmentBatch
+from sb3_iris.caches import TokenTable
 
 IMAGE_SPACE = spaces.Box(0, 255, (3, 16, 16), np.uint8)
 VECTOR_SPACE = spaces.Box(-np.inf, np.inf, (4,), np.float32)
@@ -268,55 +269,53 @@ def test_eviction_with_several_envs_keeps_straddling_episodes():
 def test_token_cache():
     buffer = EpisodeReplayBuffer(VECTOR_SPACE, n_envs=2, initial_capacity=4, seed=0)
     fill(buffer, 4, done_prob=0.0)
-    with pytest.raises(RuntimeError, match="enable_token_cache"):
-        buffer.cached_tokens([0], [0])
-    buffer.enable_token_cache(3)
-    tokens, valid = buffer.cached_tokens(np.array([[0, 1]]), np.array([[2, 2]]))
+    table = TokenTable(buffer, 3)
+    tokens, valid = table.lookup(np.array([[0, 1]]), np.array([[2, 2]]))
     assert tokens.shape == (1, 2, 3) and tokens.dtype == np.int64 and not valid.any()
 
     batch = buffer.sample_segments(16, 3)
     batch_tokens = np.stack([batch.env_indices, batch.time_indices, batch.time_indices * 10], axis=-1)
-    buffer.store_tokens(batch.env_indices, batch.time_indices, batch_tokens)  # padded entries are skipped
-    tokens, valid = buffer.cached_tokens(batch.env_indices, batch.time_indices)
+    table.store(batch.env_indices, batch.time_indices, batch_tokens)  # padded entries are skipped
+    tokens, valid = table.lookup(batch.env_indices, batch.time_indices)
     np.testing.assert_array_equal(valid, batch.mask_padding)
     np.testing.assert_array_equal(tokens[valid], batch_tokens[valid])
     assert not tokens[~valid].any()
 
     envs, times = np.meshgrid(np.arange(2), np.arange(4), indexing="ij")
-    buffer.store_tokens(envs, times, np.stack([envs, times, times + 7], axis=-1))
-    fill(buffer, 60, done_prob=0.0)  # grows storage and token cache
-    tokens, valid = buffer.cached_tokens(envs, times)
+    table.store(envs, times, np.stack([envs, times, times + 7], axis=-1))
+    fill(buffer, 60, done_prob=0.0)  # grows the storage (the table grows at its next store)
+    tokens, valid = table.lookup(envs, times)
     assert valid.all()
     np.testing.assert_array_equal(tokens, np.stack([envs, times, times + 7], axis=-1))
-    _, valid = buffer.cached_tokens(np.array([0, 1]), np.array([10, 63]))
+    _, valid = table.lookup(np.array([0, 1]), np.array([10, 63]))
     assert not valid.any(), "new steps must not inherit tokens"
 
-    buffer.invalidate_token_cache()
-    tokens, valid = buffer.cached_tokens(envs, times)
+    table.invalidate()
+    tokens, valid = table.lookup(envs, times)
     assert not valid.any() and not tokens.any()
-    buffer.store_tokens([1], [3], [[4, 5, 6]])
-    tokens, valid = buffer.cached_tokens(envs, times)
+    table.store([1], [3], [[4, 5, 6]])
+    tokens, valid = table.lookup(envs, times)
     assert valid.sum() == 1 and valid[1, 3]
     np.testing.assert_array_equal(tokens[1, 3], [4, 5, 6])
 
     with pytest.raises(ValueError, match="tokens must have shape"):
-        buffer.store_tokens([0], [0], [[1, 2]])
+        table.store([0], [0], [[1, 2]])
     with pytest.raises(IndexError, match="not stored"):
-        buffer.store_tokens([0], [64], [[1, 2, 3]])
+        table.store([0], [64], [[1, 2, 3]])
 
 
 def test_token_cache_slots_are_reset_when_reused():
     buffer = EpisodeReplayBuffer(VECTOR_SPACE, buffer_size=6, initial_capacity=4, seed=0)
-    buffer.enable_token_cache(2)
+    table = TokenTable(buffer, 2)
     for t in range(6):
         buffer.add(vector_obs(t, 1), [0], [0.0], [False], [False])
-        buffer.store_tokens([0], [t], [[t, t]])
+        table.store([0], [t], [[t, t]])
     for t in range(6, 20):  # the ring wraps: old slots are reused by new steps
         buffer.add(vector_obs(t, 1), [0], [0.0], [False], [False])
     first, end = buffer.time_range
-    _, valid = buffer.cached_tokens(np.zeros(end - first, int), np.arange(first, end))
+    _, valid = table.lookup(np.zeros(end - first, int), np.arange(first, end))
     assert not valid.any()
-    _, valid = buffer.cached_tokens([0], [2])  # evicted
+    _, valid = table.lookup([0], [2])  # evicted
     assert not valid.any()
 
 
@@ -324,14 +323,13 @@ def test_token_cache_slots_are_reset_when_reused():
 def test_pickle_round_trip(evict):
     buffer = EpisodeReplayBuffer(IMAGE_SPACE, n_envs=2, buffer_size=120 if evict else None, initial_capacity=16, seed=5)
     fill(buffer, 100)
-    buffer.enable_token_cache(4)
-    buffer.store_tokens([0], [buffer.time_range[0]], [[1, 2, 3, 4]])
+    TokenTable(buffer, 4).store([0], [buffer.time_range[0]], [[1, 2, 3, 4]])
     data = pickle.dumps(buffer)
     assert len(data) < buffer.nbytes + 10_000, "pickle must hold only the live steps"
     restored = pickle.loads(data)
     assert restored.time_range == buffer.time_range
     assert restored.n_episodes == buffer.n_episodes and restored.nbytes <= buffer.nbytes
-    _, valid = restored.cached_tokens([0], [buffer.time_range[0]])
+    _, valid = TokenTable(restored, 4).lookup([0], [buffer.time_range[0]])
     assert not valid.any()
 
     for original, copy in [(buffer, restored)] * 2:
@@ -410,3 +408,15 @@ def test_close_ongoing_episodes_starts_new_episodes():
     for row, mask in zip(batch.observations[..., 0], batch.mask_padding):
         values = row[mask]
         assert (values < 3).all() or (values >= 3).all()
+
+
+def test_token_table_bytes_count_in_the_replay_memory_budget():
+    """The table's bytes per step count in the replay's nbytes (and so its budget) once allocated, not in a pickle."""
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, n_envs=2, initial_capacity=4, seed=0)
+    fill(buffer, 10, done_prob=0.0)
+    plain = buffer.nbytes
+    table = TokenTable(buffer, 3)
+    assert buffer.nbytes == plain  # nothing allocated before the first store
+    table.store([0], [buffer.time_range[0]], [[1, 2, 3]])
+    assert buffer.nbytes == plain + buffer.size() * buffer.n_envs * (3 * 8 + 8)
+    assert pickle.loads(pickle.dumps(buffer)).nbytes == plain

@@ -415,3 +415,37 @@ def test_actor_critic_learns_rewarding_action_in_imagination():
     assert after > 0.8, (before, after)
     assert after > before + 0.25
     assert sum(rewards_seen[-5:]) / 5 > sum(rewards_seen[:5]) / 5
+
+
+@pytest.mark.parametrize("merge_last_token", [False, True])
+def test_dream_env_equals_threading_the_cache_by_hand(merge_last_token):
+    """``DreamEnv`` (cache, current frame and pending token inside) draws what ``world_model_step`` does when the
+    caller threads them through, with the same seed; a context of past steps primes the cache with them."""
+    k, batch = 2, 3
+    world_model = tiny_world_model(k, max_blocks=3).eval()
+    current = torch.randint(0, VOCAB, (batch, k))
+    past = torch.randint(0, ACTIONS, (batch, k + 1))  # one earlier block: frame tokens then an action token
+    actions = torch.randint(0, ACTIONS, (5, batch))
+
+    torch.manual_seed(1)
+    cache = world_model.new_cache(batch)
+    expected, tokens, pending = [], current, None
+    with torch.no_grad():
+        prime_cache(world_model, cache, torch.cat([past, current], 1))
+        for step_actions in actions:
+            step = world_model_step(
+                world_model, cache, step_actions, tokens, True, 1.0, pending, defer_last_token=merge_last_token
+            )
+            expected.append(step)
+            tokens, pending = step.next_tokens, step.pending_tokens
+
+    torch.manual_seed(1)
+    dream = imagination.DreamEnv(world_model, merge_last_token=merge_last_token)
+    with pytest.raises(RuntimeError, match="before reset"):
+        dream.step(actions[0])
+    dream.reset(current, past)
+    for step_actions, reference in zip(actions, expected):
+        step = dream.step(step_actions)
+        assert torch.equal(step.rewards, reference.rewards) and torch.equal(step.ends, reference.ends)
+        assert torch.equal(step.next_tokens, reference.next_tokens) and torch.equal(dream.obs_tokens, step.next_tokens)
+    assert dream.cache is not None and dream.cache.batch_size == batch

@@ -79,13 +79,13 @@ def test_segment_tokens_cached_equal_recomputed():
     model.learn(model.n_steps_per_epoch)
     batch = model.replay_buffer.sample_segments(8, 5, "both")
     args = (batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding)
-    model.use_token_cache = False
+    model.tokenizer_cache.use_token_cache = False
     recomputed = model.segment_tokens(*args)
-    model.use_token_cache = True
+    model.tokenizer_cache.use_token_cache = True
     first = model.segment_tokens(*args)  # fills the cache
     second = model.segment_tokens(*args)  # served from the cache
     assert torch.equal(recomputed, first) and torch.equal(first, second)
-    _, valid = model.replay_buffer.cached_tokens(
+    _, valid = model.tokenizer_cache.tokens.lookup(
         batch.env_indices[batch.mask_padding], batch.time_indices[batch.mask_padding]
     )
     assert valid.all()
@@ -303,7 +303,7 @@ def test_reconstruction_cache_gives_the_same_training_as_decoding():
         model.learn(3 * model.n_steps_per_epoch)
         results.append(flat_parameters(model))
         if cache_gb > 0:
-            assert len(model._reconstruction_cache) > 0
+            assert len(model.tokenizer_cache.reconstructions) > 0
     # The cache decodes the frames it misses in batches of other sizes than the plain path, and a CPU's convolution
     # kernels round differently by batch shape (reconstructions within 1e-5, see below): the actor-critic then
     # trains on inputs equal up to float rounding, and its parameters agree to float rounding, not bit for bit.
@@ -335,7 +335,7 @@ def test_context_reconstructions_cached_equal_decoded():
     args = (tokens, batch.env_indices, batch.time_indices, batch.mask_padding)
     first = model.context_reconstructions(*args)  # decodes and fills the cache
     second = model.context_reconstructions(*args)  # from the cache
-    model.reconstruction_cache_gb = 0.0
+    model.tokenizer_cache.reconstructions.max_bytes = 0
     plain = model.context_reconstructions(*args)
     # The cache returns exactly what it stored; decoding a batch of another size rounds differently (the
     # convolution kernels a CPU picks depend on the batch shape): float tolerance against the plain path.
@@ -405,7 +405,7 @@ def test_compile_imagination_trains_like_the_plain_path():
         model = IRIS(
             "CnnPolicy", ColorBoxEnv(), seed=4, **tiny_iris_kwargs(image=True, compile_imagination=compile_imagination)
         )
-        assert (model._token_stepper is not None) is compile_imagination
+        assert (model.dream_env.stepper is not None) is compile_imagination
         model.learn(2 * model.n_steps_per_epoch)
         parameters.append([p.detach().clone() for p in model.policy.actor_critic.parameters()])
     for plain, compiled in zip(*parameters):

@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_iris_kwargs
 from PIL import Image as PILImage
 
-from sb3_iris import IRIS
+from sb3_iris import IRIS, imagination
 from sb3_iris import evaluate as evaluate_module
 from sb3_iris import play as play_module
 from sb3_iris.atari_scores import ATARI_100K_GAMES, ATARI_SCORES, atari_game_name, human_normalized_score
@@ -126,11 +126,9 @@ def test_play_dream_uses_world_model_context(tiny_model_path):
         def add(self, frame):
             frames.append(frame)
 
-    args = play_module._parser().parse_args(
-        ["x", "--env", envs_for_tests.TINY_GRID_ID, "--mode", "dream", "--steps", "12", "--burn-in", "2"]
-    )
+    options = play_module.PlayOptions(env_id=envs_for_tests.TINY_GRID_ID, steps=12, burn_in=2)  # from Python
     env = gym.make(envs_for_tests.TINY_GRID_ID)
-    session = play_module._Session(model, env, args, Sink())
+    session = play_module.PlaySession(model, env, options, Sink())
     # No predicted ends: force the end head to "not ended" to run all 12 steps (more than max_blocks=4).
     with torch.no_grad():
         bias = model.policy.world_model.head_ends[-1].bias
@@ -160,7 +158,7 @@ def test_play_human_mode_with_a_fake_display(tiny_model_path, monkeypatch, capsy
         def close(self):
             pass
 
-    original_step = play_module.world_model_step
+    original_step = imagination.world_model_step
 
     def spy_step(world_model, cache, actions, *args, **kwargs):
         chosen.append(int(actions[0]))
@@ -168,7 +166,7 @@ def test_play_human_mode_with_a_fake_display(tiny_model_path, monkeypatch, capsy
 
     monkeypatch.setattr(play_module, "PygameDisplay", FakeDisplay)
     monkeypatch.setattr(play_module, "display_available", lambda: True)
-    monkeypatch.setattr(play_module, "world_model_step", spy_step)
+    monkeypatch.setattr(imagination, "world_model_step", spy_step)  # the step of play's DreamEnv
     argv = [tiny_model_path, "--env", envs_for_tests.TINY_GRID_ID, "--env-module", ENV_MODULE_FILE]
     assert play_module.main([*argv, "--mode", "human", "--episodes", "3", "--steps", "3", "--seed", "0"]) == 0
     assert chosen and set(chosen) == {2}
@@ -302,16 +300,4 @@ def test_atari_eval_env_uses_iris_evaluation_settings():
         wrapper = wrapper.env
     assert wrapper.noop_max == 1 and not wrapper.terminal_on_life_loss and wrapper.max_episode_frames == 108_000
     assert env.observation_space.shape == (64, 64, 3)
-    env.close()
-
-
-def test_atari_fallback_preprocessing_without_atari_module(monkeypatch):
-    pytest.importorskip("ale_py")
-    monkeypatch.setitem(sys.modules, "sb3_iris.atari", None)  # "import sb3_iris.atari" raises ImportError
-    env = evaluate_module.make_env("PongNoFrameskip-v4", seed=0)
-    assert isinstance(env, evaluate_module._MinimalAtariPreprocessing)
-    observation, _ = env.reset(seed=0)
-    assert observation.shape == (64, 64, 3) and observation.dtype == np.uint8
-    observation, reward, terminated, truncated, _ = env.step(0)
-    assert observation.shape == (64, 64, 3) and env.frames == 1 + 4
     env.close()

@@ -85,7 +85,7 @@ def test_actor_sees_clamped_frames_in_all_four_places():
 def test_imagination_burn_in_frames_are_clamped_with_and_without_the_reconstruction_cache():
     for cache_gb in (0.0, 1.0):
         model = _model_with_out_of_range_decoder()
-        model.reconstruction_cache_gb = cache_gb
+        model.tokenizer_cache.reconstructions.max_bytes = int(cache_gb * 1024**3)
         model.learn(60)
         batch = model.replay_buffer.sample_segments(5, model.burn_in + 1, "left")
         tokens = model.segment_tokens(batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding)

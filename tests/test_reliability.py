@@ -168,7 +168,7 @@ def test_interrupt_in_the_tokenizer_phase_leaves_no_stale_tokens():
     buffer = model.replay_buffer
     envs = np.zeros(buffer.n_steps, dtype=np.int64)
     times = np.arange(*buffer.time_range)
-    tokens_before, valid_before = buffer.cached_tokens(envs, times)
+    tokens_before, valid_before = model.tokenizer_cache.tokens.lookup(envs, times)
     assert valid_before.any(), "no cached tokens: the test would not check anything"
 
     optimizer = model.policy.tokenizer_optimizer
@@ -184,8 +184,8 @@ def test_interrupt_in_the_tokenizer_phase_leaves_no_stale_tokens():
         model.train()
     del optimizer.step
 
-    cached, valid = buffer.cached_tokens(envs, times)
-    current = model._tokenize(buffer.observations_at(envs, times)).cpu().numpy()
+    cached, valid = model.tokenizer_cache.tokens.lookup(envs, times)
+    current = model.tokenizer_cache.tokenize(buffer.observations_at(envs, times)).cpu().numpy()
     changed = valid_before & (tokens_before != current).any(axis=1)
     assert changed.any(), "the interrupted update changed no cached token: the test would not check anything"
     stale = valid & (cached != current).any(axis=1)

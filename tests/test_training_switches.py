@@ -39,10 +39,10 @@ def test_token_cache_stays_valid_after_the_tokenizer_stops():
     buffer = model.replay_buffer
     env_indices = np.zeros(model.n_steps_per_epoch, dtype=np.int64)
     time_indices = np.arange(model.n_steps_per_epoch)
-    cached, valid = buffer.cached_tokens(env_indices, time_indices)
+    cached, valid = model.tokenizer_cache.tokens.lookup(env_indices, time_indices)
     assert valid.any(), "no tokens of the first epoch's frames stayed cached after the tokenizer stopped"
     frames = buffer.observations_at(env_indices[valid], time_indices[valid])
-    recomputed = model._tokenize(frames).cpu().numpy()
+    recomputed = model.tokenizer_cache.tokenize(frames).cpu().numpy()
     assert np.array_equal(np.asarray(cached)[valid], recomputed)
 
 

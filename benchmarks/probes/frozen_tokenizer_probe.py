@@ -6,7 +6,7 @@ per epoch, actor-critic from epoch 21, feed-forward actor, no burn-in) with one 
 cache also stays valid). Evaluation as in the comparison (10 deterministic episodes every 5000 env steps on a
 separate env). Prints one JSON object with the per-epoch world-model losses and the evaluations::
 
-    python benchmarks/results/minatar_breakout/frozen_tokenizer_probe.py --steps 30000 --freeze-after-epochs 30
+    python benchmarks/probes/frozen_tokenizer_probe.py --steps 30000 --freeze-after-epochs 30
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sb3_iris import IRIS
 from sb3_iris.minatar import MinAtarImageWrapper
 
 ENV_ID = "MinAtar/Breakout-v1"
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PILOT_OVERRIDES = dict(
     world_model_updates_per_epoch=48,
     actor_critic_updates_per_epoch=16,

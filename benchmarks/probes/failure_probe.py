@@ -2,7 +2,7 @@
 
 Used for the failure analysis in ``docs/results.md`` (cart leaving the track vs the pole falling)::
 
-    python benchmarks/results/cartpole/failure_probe.py \
+    python benchmarks/probes/failure_probe.py \
         logs/sample_efficiency/CartPole-v1/iris/seed0/iris/CartPole-v1_1/CartPole-v1.zip
 """
 

@@ -1,0 +1,211 @@
+"""The training phases of an IRIS epoch: one runner for the tokenizer, the world model and the actor-critic.
+
+Each part is a :class:`Phase`: a number of updates, one ``update()`` that samples a batch, computes the part's
+loss and takes an optimiser step (returning the values to log, as tensors), and hooks around the updates. The
+runner :func:`run_phase` reports progress, turns each update's values into floats and returns them per update;
+:func:`phase_metrics` averages them under the documented log keys (``train/...``).
+
+The three updates (IRIS, Micheli et al. 2023, Algorithm 1): the tokenizer on single replay frames (VQ-VAE losses),
+the world model on replay segments (cross-entropies of next tokens, rewards and ends), the actor-critic on
+trajectories imagined in the world model (lambda-returns, REINFORCE with a value baseline and an entropy bonus).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Optional
+
+import numpy as np
+import torch
+
+from sb3_iris.nn.actor_critic import actor_critic_loss, compute_lambda_returns
+from sb3_iris.nn.tokenizer import codebook_usage
+
+if TYPE_CHECKING:
+    from sb3_iris.iris import IRIS
+
+__all__ = ["Phase", "clip_and_step", "make_phases", "phase_metrics", "run_phase"]
+
+# Replay observations used to fit a vector tokenizer's input standardisation (once, before its first update).
+NORMALIZATION_SAMPLE = 10_000
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Phase:
+    """One part's training in an epoch.
+
+    :param name: ``"tokenizer"``, ``"world_model"`` or ``"actor_critic"``
+    :param n_updates: gradient steps in the phase
+    :param update: one gradient step; returns the scalars to log (tensors, turned into floats by the runner)
+    :param log_keys: the name of each scalar's mean in the logs (``train/...``)
+    :param start: before the first update (train / eval modes, one-off fits)
+    :param end: when the phase ends, also by an error or an interrupt (e.g. invalidate the tokenizer's caches)
+    :param extra_metrics: metrics of the whole phase beyond the means (e.g. codebook usage)
+    """
+
+    name: str
+    n_updates: int
+    update: Callable[[], dict[str, torch.Tensor]]
+    log_keys: dict[str, str]
+    start: Callable[[], None] = _nothing
+    end: Callable[[], None] = _nothing
+    extra_metrics: Callable[[], dict[str, float]] = field(default=dict)
+
+
+def run_phase(phase: Phase, report: Optional[Callable[[int, int], None]] = None) -> list[dict[str, float]]:
+    """Run the updates of ``phase``; return each update's logged values as floats.
+
+    :param phase: the phase
+    :param report: called with ``(update, n_updates)`` before each update (progress)
+    """
+    history = []
+    try:
+        phase.start()
+        for update in range(phase.n_updates):
+            if report is not None:
+                report(update, phase.n_updates)
+            history.append({name: value.item() for name, value in phase.update().items()})
+    finally:
+        phase.end()
+    return history
+
+
+def phase_metrics(phase: Phase, history: list[dict[str, float]]) -> dict[str, float]:
+    """The means of a phase's per-update values under their log keys, and its extra metrics.
+
+    :param phase: the phase that ran
+    :param history: what :func:`run_phase` returned
+    """
+    means = {key: float(np.mean([values[name] for values in history])) for name, key in phase.log_keys.items()}
+    return {**means, **phase.extra_metrics()}
+
+
+def clip_and_step(
+    loss: torch.Tensor, module: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float
+) -> None:
+    """Backpropagate ``loss``, clip the gradient norm of ``module``'s parameters, take an optimiser step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
+    optimizer.step()
+
+
+def _losses(losses: object, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    return {name: getattr(losses, name) for name in names}
+
+
+def tokenizer_phase(model: IRIS) -> Phase:
+    """The tokenizer's phase: VQ-VAE updates on frames sampled from the replay."""
+    tokenizer, replay = model.policy.tokenizer, model.replay_buffer
+    epoch_tokens: list[torch.Tensor] = []
+
+    def start() -> None:
+        if getattr(tokenizer, "needs_normalization_fit", False):
+            frames, _, _ = replay.sample_frames(min(NORMALIZATION_SAMPLE, replay.n_steps))
+            tokenizer.fit_normalization(model.to_tensor(frames))
+        tokenizer.train()
+
+    def update() -> dict[str, torch.Tensor]:
+        frames, _, _ = replay.sample_frames(model.tokenizer_batch_size)
+        with model.autocast():
+            losses, tokens = tokenizer.compute_loss(tokenizer.preprocess(model.to_tensor(frames)))
+        clip_and_step(losses.total, tokenizer, model.policy.tokenizer_optimizer, model.max_grad_norm)
+        epoch_tokens.append(tokens.detach())
+        return _losses(losses, ("reconstruction", "commitment", "perceptual", "total"))
+
+    def extra_metrics() -> dict[str, float]:
+        used, perplexity = codebook_usage(torch.cat(epoch_tokens), tokenizer.vocab_size)
+        return {"train/codebook_usage": used, "train/codebook_perplexity": perplexity}
+
+    keys = {
+        "total": "train/tokenizer_loss",
+        "reconstruction": "train/tokenizer_reconstruction_loss",
+        "commitment": "train/tokenizer_commitment_loss",
+        "perceptual": "train/tokenizer_perceptual_loss",
+    }
+    # Tokens cached with the previous tokenizer are stale when the phase ends (also after an interrupted one).
+    end = model.tokenizer_cache.invalidate
+    return Phase("tokenizer", model.tokenizer_updates_per_epoch, update, keys, start, end, extra_metrics)
+
+
+def world_model_phase(model: IRIS) -> Phase:
+    """The world model's phase: next-token, reward and end cross-entropies on replay segments."""
+    tokenizer, world_model = model.policy.tokenizer, model.policy.world_model
+
+    def start() -> None:
+        tokenizer.eval()
+        world_model.train()
+
+    def update() -> dict[str, torch.Tensor]:
+        batch = model.replay_buffer.sample_segments(model.world_model_batch_size, model.sequence_length, "right")
+        obs_tokens = model.tokenizer_cache.segment_tokens(
+            batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding
+        )
+        with model.autocast():
+            losses = world_model.compute_loss(
+                obs_tokens,
+                model.to_tensor(batch.actions).long(),
+                model.to_tensor(batch.rewards).float(),
+                model.to_tensor(batch.terminations),
+                model.to_tensor(batch.mask_padding),
+            )
+        clip_and_step(losses.total, world_model, model.policy.world_model_optimizer, model.max_grad_norm)
+        return _losses(losses, ("total", "observations", "rewards", "ends"))
+
+    keys = {
+        "total": "train/world_model_loss",
+        "observations": "train/world_model_observation_loss",
+        "rewards": "train/world_model_reward_loss",
+        "ends": "train/world_model_end_loss",
+    }
+    return Phase("world_model", model.world_model_updates_per_epoch, update, keys, start)
+
+
+def actor_critic_phase(model: IRIS) -> Phase:
+    """The actor-critic's phase: lambda-return losses on trajectories imagined in the world model."""
+    actor_critic = model.policy.actor_critic
+
+    def update() -> dict[str, torch.Tensor]:
+        rollout = model.imagine(model.actor_critic_batch_size)
+        returns = compute_lambda_returns(
+            rollout.rewards.float(), rollout.values.detach().float(), rollout.ends, model.gamma, model.gae_lambda
+        )
+        losses = actor_critic_loss(
+            rollout.logits[:, :-1],
+            rollout.actions[:, :-1],
+            rollout.values[:, :-1],
+            returns[:, :-1],
+            model.ent_coef,
+            normalize_advantage=model.normalize_advantage,
+        )
+        clip_and_step(losses.total, actor_critic, model.policy.actor_critic_optimizer, model.max_grad_norm)
+        return {
+            **_losses(losses, ("total", "policy", "value", "entropy")),
+            "imagined_return": returns[:, 0].mean(),
+            "imagined_reward_sum": rollout.rewards.sum(1).mean(),
+            "imagined_reward_per_step": rollout.rewards.mean(),
+        }
+
+    keys = {
+        "total": "train/actor_critic_loss",
+        "policy": "train/policy_loss",
+        "value": "train/value_loss",
+        "entropy": "train/entropy",
+        "imagined_return": "train/imagined_return",
+        "imagined_reward_sum": "train/imagined_reward_sum",
+        "imagined_reward_per_step": "train/imagined_reward_per_step",
+    }
+    return Phase("actor_critic", model.actor_critic_updates_per_epoch, update, keys, actor_critic.train)
+
+
+#: The phases of an epoch, in order.
+PHASE_FACTORIES = {"tokenizer": tokenizer_phase, "world_model": world_model_phase, "actor_critic": actor_critic_phase}
+
+
+def make_phases(model: IRIS) -> list[Phase]:
+    """The three phases of an epoch of ``model``, in training order (tokenizer, world model, actor-critic)."""
+    return [factory(model) for factory in PHASE_FACTORIES.values()]
