@@ -9,7 +9,8 @@ codebook, the loss weighting and the architecture) on 3,000 frames of random Bre
 frames, reports:
 
 - ``paddle_right`` / ``ball_right``: fraction of frames whose reconstruction has the paddle (the ball) in the
-  true column (ball: also right when there is none and none is drawn);
+  true column (ball: also right when there is none and none is drawn); ``ball_right_where_present``: the same
+  over the frames that have a ball;
 - ``non_majority_fraction``: fraction of token instances whose code is not the most common code of their
   patch's pixel content (0: a patch's code depends on that patch only; the published encoder's receptive field
   spans the frame, so its codes also encode the rest);
@@ -127,6 +128,7 @@ def main() -> None:
         paddle_right=float(np.mean(paddle_columns(reconstruction, PADDLE_ROW) == paddle_columns(truth, PADDLE_ROW))),
         ball_right=float(np.mean((drawn_ball == true_ball) | (np.isnan(drawn_ball) & np.isnan(true_ball)))),
         frames_with_ball=float(np.mean(~np.isnan(true_ball))),
+        ball_right_where_present=float(np.mean(drawn_ball[~np.isnan(true_ball)] == true_ball[~np.isnan(true_ball)])),
         **code_locality(test, tokens),
     )
     print(json.dumps(record))
