@@ -49,6 +49,8 @@ class IRIS(IrisPersistence, IrisCollection):
     :param policy: ``"CnnPolicy"`` (images), ``"MlpPolicy"`` (1-D vectors) or an :class:`IrisPolicy` subclass
     :param env: environment (Gymnasium env, VecEnv or registered id); only ``Discrete`` actions
     :param learning_rate: learning rate of the three optimisers, constant or schedule (1e-4 / 1e-3)
+    :param tokenizer_learning_rate: a constant learning rate of the tokenizer's optimiser instead (not in IRIS;
+        None: ``learning_rate``)
     :param n_steps_per_epoch: real transitions collected per epoch, summed over envs, rounded up to a multiple
         of ``n_envs`` (200)
     :param tokenizer_updates_per_epoch: tokenizer gradient steps per epoch (200)
@@ -125,6 +127,7 @@ class IRIS(IrisPersistence, IrisCollection):
         env: Union[GymEnv, str, None],
         learning_rate: Union[float, Schedule, None] = None,
         n_steps_per_epoch: int = 200,
+        tokenizer_learning_rate: Optional[float] = None,
         tokenizer_updates_per_epoch: int = 200,
         world_model_updates_per_epoch: Optional[int] = None,
         actor_critic_updates_per_epoch: Optional[int] = None,
@@ -185,6 +188,7 @@ class IRIS(IrisPersistence, IrisCollection):
         if self.env is not None:
             check_env_spaces(self.env)
         self.n_steps_per_epoch = n_steps_per_epoch
+        self.tokenizer_learning_rate = tokenizer_learning_rate
         self.tokenizer_updates_per_epoch = tokenizer_updates_per_epoch
         self.world_model_updates_per_epoch = world_model_updates_per_epoch
         self.actor_critic_updates_per_epoch = actor_critic_updates_per_epoch
@@ -379,6 +383,9 @@ class IRIS(IrisPersistence, IrisCollection):
         if self.replay_buffer.n_steps == 0:
             return
         self._update_learning_rate(self.policy.optimizers)
+        if self.tokenizer_learning_rate is not None:
+            for group in self.policy.tokenizer_optimizer.param_groups:
+                group["lr"] = self.tokenizer_learning_rate
         epoch = self._n_epochs
         metrics: dict[str, float] = {}
         phase_times: dict[str, float] = {}

@@ -248,6 +248,8 @@ def check_hyperparameters(model: Any) -> None:
     check_real("ent_coef", model.ent_coef, low=0.0)
     if not callable(model.learning_rate):
         check_real("learning_rate", model.learning_rate, low=0.0, low_inclusive=False)
+    if model.tokenizer_learning_rate is not None:
+        check_real("tokenizer_learning_rate", model.tokenizer_learning_rate, low=0.0, low_inclusive=False)
     if model.buffer_size is not None and (not is_integer(model.buffer_size) or model.buffer_size < 1):
         raise ValueError(f"buffer_size={model.buffer_size!r} must be >= 1 (an integer) or None")
     check_real("reconstruction_cache_gb", model.reconstruction_cache_gb, low=0.0)

@@ -68,3 +68,27 @@ def test_imagined_and_real_reward_per_step_are_logged():
     # ColorBoxEnv rewards 1 for the action matching the colour: the real mean reward per step is in [0, 1].
     assert 0.0 <= last["rollout/reward_per_step"] <= 1.0
     assert -1.0 <= last["train/imagined_reward_per_step"] <= 1.0
+
+
+def test_tokenizer_learning_rate_sets_only_the_tokenizers_optimiser():
+    model = IRIS(
+        "CnnPolicy",
+        ColorBoxEnv(),
+        seed=0,
+        **tiny_iris_kwargs(image=True, learning_rate=1e-3, tokenizer_learning_rate=5e-3),
+    )
+    model.learn(2 * model.n_steps_per_epoch)
+    policy = model.policy
+    assert [group["lr"] for group in policy.tokenizer_optimizer.param_groups] == [5e-3]
+    assert {group["lr"] for group in policy.world_model_optimizer.param_groups} == {1e-3}
+    assert {group["lr"] for group in policy.actor_critic_optimizer.param_groups} == {1e-3}
+    default = IRIS("CnnPolicy", ColorBoxEnv(), seed=0, **tiny_iris_kwargs(image=True, learning_rate=1e-3))
+    default.learn(default.n_steps_per_epoch)
+    assert default.tokenizer_learning_rate is None
+    assert [group["lr"] for group in default.policy.tokenizer_optimizer.param_groups] == [1e-3]
+
+
+@pytest.mark.parametrize("value", [0.0, -1e-3, float("nan")])
+def test_tokenizer_learning_rate_is_validated(value):
+    with pytest.raises(ValueError, match="tokenizer_learning_rate"):
+        IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, tokenizer_learning_rate=value))
