@@ -40,7 +40,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_iris.envs import truncations_from_infos
 from sb3_iris.nn.tokenizer import codebook_usage
-from sb3_iris.nn.world_model import IGNORE_INDEX, interleave_tokens, world_model_labels
+from sb3_iris.nn.world_model import IGNORE_INDEX
 from sb3_iris.spaces import is_image
 from sb3_iris.visualize import (
     GREY,
@@ -530,26 +530,24 @@ class WorldModelEvalCallback(_IrisEpochCallback):
         actions_t = torch.as_tensor(actions, device=device).long()
         rewards_t = torch.as_tensor(rewards, device=device).float()
         terminations_t = torch.as_tensor(terminations, device=device).bool()
-        output = world_model(interleave_tokens(obs_tokens, actions_t))
-        _, labels_rewards, labels_ends = world_model_labels(obs_tokens, rewards_t, terminations_t, mask_t)
-        # As in WorldModel.compute_loss (sequential or parallel observation prediction).
-        logits_obs, labels_obs = world_model.observation_predictions(output, obs_tokens, mask_t)
+        # The predictions and targets of the training loss (sequential or parallel observation prediction).
+        predictions = world_model.predictions(obs_tokens, actions_t, rewards_t, terminations_t, mask_t)
 
         metrics: dict[str, float] = {}
 
         def correct_predictions(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            logits, labels = logits.flatten(0, -2).float(), labels.flatten()
+            logits = logits.float()
             valid = labels != IGNORE_INDEX
             if valid.any():
                 metrics[f"{name}_loss"] = float(F.cross_entropy(logits[valid], labels[valid]))
             return (logits.argmax(-1) == labels) & valid
 
-        correct_obs = correct_predictions("observation", logits_obs, labels_obs)
-        valid_obs = labels_obs.flatten() != IGNORE_INDEX
+        correct_obs = correct_predictions("observation", predictions.observations, predictions.observation_labels)
+        valid_obs = predictions.observation_labels != IGNORE_INDEX
         if valid_obs.any():
             metrics["next_token_accuracy"] = float(correct_obs.sum() / valid_obs.sum())
-        correct_rewards = correct_predictions("reward", output.logits_rewards, labels_rewards)
-        correct_ends = correct_predictions("end", output.logits_ends, labels_ends)
+        correct_rewards = correct_predictions("reward", predictions.rewards, predictions.reward_labels)
+        correct_ends = correct_predictions("end", predictions.ends, predictions.end_labels)
         flat_mask = mask_t.flatten()
         n_steps = int(flat_mask.sum())
         metrics["reward_sign_accuracy"] = float(correct_rewards.sum()) / n_steps

@@ -112,6 +112,22 @@ class WorldModelLosses(NamedTuple):
     ends: torch.Tensor
 
 
+class WorldModelPredictions(NamedTuple):
+    """Logits of the three heads on a batch of segments and their targets, flattened (``IGNORE_INDEX``: no target).
+
+    :param observations: ``(N_obs, V)`` next-observation-token logits; :param observation_labels: ``(N_obs,)``
+    :param rewards: ``(B * L, 3)`` reward-sign logits; :param reward_labels: ``(B * L,)`` in {0, 1, 2}
+    :param ends: ``(B * L, 2)`` end logits; :param end_labels: ``(B * L,)`` in {0, 1}
+    """
+
+    observations: torch.Tensor
+    observation_labels: torch.Tensor
+    rewards: torch.Tensor
+    reward_labels: torch.Tensor
+    ends: torch.Tensor
+    end_labels: torch.Tensor
+
+
 def _head(embed_dim: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, n_out))
 
@@ -311,17 +327,40 @@ class WorldModel(nn.Module):
         :param ends: ``(B, L)`` terminations
         :param mask_padding: ``(B, L)`` True for real steps; padded steps are ignored in all three losses
         """
+        predictions = self.predictions(obs_tokens, actions, rewards, ends, mask_padding)
+        loss_obs = F.cross_entropy(
+            predictions.observations.float(), predictions.observation_labels, ignore_index=IGNORE_INDEX
+        )
+        loss_rewards = F.cross_entropy(
+            predictions.rewards.float(), predictions.reward_labels, ignore_index=IGNORE_INDEX
+        )
+        loss_ends = F.cross_entropy(predictions.ends.float(), predictions.end_labels, ignore_index=IGNORE_INDEX)
+        return WorldModelLosses(loss_obs + loss_rewards + loss_ends, loss_obs, loss_rewards, loss_ends)
+
+    def predictions(
+        self,
+        obs_tokens: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        ends: torch.Tensor,
+        mask_padding: torch.Tensor,
+    ) -> WorldModelPredictions:
+        """One full pass over segments: the three heads' logits and their targets, as the loss compares them.
+
+        The training loss (:meth:`compute_loss`) and the held-out evaluation (``WorldModelEvalCallback``) both
+        use it, so they score the same predictions against the same targets. Arguments as in :meth:`compute_loss`.
+        """
         output = self(interleave_tokens(obs_tokens, actions))
         _, labels_rewards, labels_ends = world_model_labels(obs_tokens, rewards, ends, mask_padding)
         logits_obs, labels_obs = self.observation_predictions(output, obs_tokens, mask_padding)
-        loss_obs = F.cross_entropy(logits_obs.float(), labels_obs, ignore_index=IGNORE_INDEX)
-        loss_rewards = F.cross_entropy(
-            output.logits_rewards.flatten(0, 1).float(), labels_rewards.flatten(), ignore_index=IGNORE_INDEX
+        return WorldModelPredictions(
+            logits_obs,
+            labels_obs,
+            output.logits_rewards.flatten(0, 1),
+            labels_rewards.flatten(),
+            output.logits_ends.flatten(0, 1),
+            labels_ends.flatten(),
         )
-        loss_ends = F.cross_entropy(
-            output.logits_ends.flatten(0, 1).float(), labels_ends.flatten(), ignore_index=IGNORE_INDEX
-        )
-        return WorldModelLosses(loss_obs + loss_rewards + loss_ends, loss_obs, loss_rewards, loss_ends)
 
     def observation_predictions(
         self, output: WorldModelOutput, obs_tokens: torch.Tensor, mask_padding: torch.Tensor
