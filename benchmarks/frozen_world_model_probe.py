@@ -32,7 +32,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_iris.evaluate import load_model, make_env, resolve_env_settings
-from sb3_iris.imagination import prime_cache, world_model_step
+from sb3_iris.imagination import DreamEnv
 
 
 def paddle_columns(frames: torch.Tensor, row: int) -> np.ndarray:
@@ -44,28 +44,32 @@ def paddle_columns(frames: torch.Tensor, row: int) -> np.ndarray:
     return np.where(found.numpy(), mean_column.numpy(), np.nan)
 
 
+def start_tokens(model: Any, batch_size: int) -> torch.Tensor:
+    """Tokens ``(B, K)`` of ``batch_size`` real frames drawn from the model's replay."""
+    batch = model.replay_buffer.sample_segments(batch_size, 1, "left")
+    tokens = model.segment_tokens(batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding)
+    return tokens[:, -1]
+
+
 @torch.no_grad()
 def paddle_check(
     model: Any, steps: int, batch_size: int, left: int, right: int, row: int, temperature: float = 1.0
 ) -> dict[str, float]:
     """Mean decoded paddle column after ``steps`` imagined steps of always-``left`` and always-``right``."""
-    batch = model.replay_buffer.sample_segments(batch_size, 1, "left")
-    tokens = model.segment_tokens(batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding)
-    start_tokens = tokens[:, -1]
-    tokenizer, world_model = model.policy.tokenizer, model.policy.world_model
-    start_columns = paddle_columns(tokenizer.decode_tokens(start_tokens), row)
+    tokens = start_tokens(model, batch_size)
+    tokenizer = model.policy.tokenizer
+    dream = DreamEnv(model.policy.world_model, temperature)
+    start_columns = paddle_columns(tokenizer.decode_tokens(tokens), row)
     result: dict[str, float] = {
         "start_column": float(np.nanmean(start_columns)),
         "start_paddle_found": float(np.mean(~np.isnan(start_columns))),
     }
     for name, action in (("left", left), ("right", right)):
-        cache = world_model.new_cache(batch_size, start_tokens.device)
-        prime_cache(world_model, cache, start_tokens)
-        obs_tokens = start_tokens
+        dream.reset(tokens)
         actions = torch.full((batch_size,), action, dtype=torch.long)
         for _ in range(steps):
-            obs_tokens = world_model_step(world_model, cache, actions, obs_tokens, True, temperature).next_tokens
-        columns = paddle_columns(tokenizer.decode_tokens(obs_tokens), row)
+            dream.step(actions)
+        columns = paddle_columns(tokenizer.decode_tokens(dream.obs_tokens), row)
         result[f"{name}_column"] = float(np.nanmean(columns))
         result[f"{name}_paddle_found"] = float(np.mean(~np.isnan(columns)))
     return result
@@ -98,35 +102,35 @@ def imagined_policy_returns(
     ``tracking`` follows the ball (a competent Breakout policy), ``always_left`` and ``uniform`` (random) do not;
     a world model that supports learning gives ``tracking`` clearly more than the other two.
     """
-    batch = model.replay_buffer.sample_segments(batch_size, 1, "left")
-    tokens = model.segment_tokens(batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding)
-    tokenizer, world_model = model.policy.tokenizer, model.policy.world_model
+    tokens = start_tokens(model, batch_size)
+    tokenizer = model.policy.tokenizer
+    dream = DreamEnv(model.policy.world_model)
     results: dict[str, float] = {}
     for name in ("tracking", "always_left", "uniform"):
-        obs_tokens = tokens[:, -1]
-        cache = world_model.new_cache(batch_size, obs_tokens.device)
-        prime_cache(world_model, cache, obs_tokens)
+        dream.reset(tokens)
         alive = torch.ones(batch_size)
         total = torch.zeros(batch_size)
         for _ in range(horizon):
-            frames = tokenizer.decode_tokens(obs_tokens)
+            frames = tokenizer.decode_tokens(dream.obs_tokens)
             if name == "tracking":
                 actions = tracking_actions(frames, left, right, noop, row)
             elif name == "always_left":
                 actions = torch.full((batch_size,), left, dtype=torch.long)
             else:
                 actions = torch.randint(0, 3, (batch_size,))
-            step = world_model_step(world_model, cache, actions, obs_tokens, True)
+            step = dream.step(actions)
             total += alive * step.rewards
             alive = alive * (~step.ends).float()
-            obs_tokens = step.next_tokens
         results[f"{name}_return"] = round(float(total.mean()), 3)
         results[f"{name}_alive_at_end"] = round(float(alive.mean()), 3)
     return results
 
 
-def real_policy_returns(make_env: Any, horizon: int, episodes: int, row: int = 12) -> dict[str, float]:
-    """The same three policies in the real env, from resets, over at most ``horizon`` steps."""
+def real_policy_returns(make_env: Any, tokenizer: Any, horizon: int, episodes: int, row: int = 12) -> dict[str, float]:
+    """The same three policies in the real env, from resets, over at most ``horizon`` steps.
+
+    :param tokenizer: the model's tokenizer, whose ``preprocess`` maps a frame to the space the policies read
+    """
     env = make_env()
     results: dict[str, float] = {}
     for name in ("tracking", "always_left", "uniform"):
@@ -135,7 +139,7 @@ def real_policy_returns(make_env: Any, horizon: int, episodes: int, row: int = 1
             obs, _ = env.reset(seed=episode)
             total = 0.0
             for _ in range(horizon):
-                frame = torch.as_tensor(obs).permute(2, 0, 1).unsqueeze(0).float().div(127.5).sub(1.0)
+                frame = tokenizer.preprocess(torch.as_tensor(obs).permute(2, 0, 1).unsqueeze(0))
                 if name == "tracking":
                     action = int(tracking_actions(frame, 1, 2, 0, row)[0])
                 elif name == "always_left":
@@ -203,7 +207,7 @@ def main() -> None:
         print(json.dumps(record["paddle_check"]), flush=True)
     if args.policy_check:
         record["imagined_policy_returns"] = imagined_policy_returns(model, args.policy_check, 256)
-        record["real_policy_returns"] = real_policy_returns(make(0), args.policy_check, 50)
+        record["real_policy_returns"] = real_policy_returns(make(0), model.policy.tokenizer, args.policy_check, 50)
         print(json.dumps({k: record[k] for k in ("imagined_policy_returns", "real_policy_returns")}), flush=True)
     start = time.perf_counter()
     model.actor_critic_updates_per_epoch = args.eval_every
