@@ -4,9 +4,9 @@
     OMP_NUM_THREADS=1 python -m benchmarks.tokenizer_objects --updates 1500 --local-patches --vocab-size 512 \
         --embed-dim 16
 
-Trains a ``ConvTokenizer`` of the shared MinAtar entry's size (16x16 frames, 16 tokens; the options change the
-codebook, the loss weighting and the architecture) on 3,000 frames of random Breakout play, then, on 1,000 other
-frames, reports:
+Trains the ``ConvTokenizer`` of the shared MinAtar entry of ``hyperparams/iris.yml`` (16x16 frames, 16 tokens;
+the options override its codebook, commitment weight, loss weighting and architecture) on 3,000 frames of random
+Breakout play, then, on 1,000 other frames, reports:
 
 - ``paddle_right`` / ``ball_right``: fraction of frames whose reconstruction has the paddle (the ball) in the
   true column (ball: also right when there is none and none is drawn); ``ball_right_where_present``: the same
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from benchmarks.frozen_world_model_probe import ball_columns, paddle_columns
+from benchmarks.imagination_throughput import entry_kwargs
 from sb3_iris.minatar import MinAtarImageWrapper
 from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig
 
@@ -79,10 +80,10 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--vocab-size", type=int, default=64)
-    parser.add_argument("--embed-dim", type=int, default=4)
+    parser.add_argument("--vocab-size", type=int, default=None, help="default: the entry's")
+    parser.add_argument("--embed-dim", type=int, default=None, help="default: the entry's")
     parser.add_argument("--foreground-weight", type=float, default=1.0)
-    parser.add_argument("--beta", type=float, default=0.25, help="commitment weight")
+    parser.add_argument("--beta", type=float, default=None, help="commitment weight (default: the entry's)")
     parser.add_argument("--local-patches", action="store_true", help="also restarts unused codes")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -90,22 +91,15 @@ def main() -> None:
     torch.manual_seed(args.seed)
     frames = random_frames(4000, args.seed)
     train, test = frames[:3000], frames[3000:]
-    config = ConvTokenizerConfig(
-        resolution=16,
-        base_channels=16,
-        channel_multipliers=(1, 2, 2),
-        encoder_res_blocks=1,
-        attention_resolutions=(),
-        z_channels=64,
-        embed_dim=args.embed_dim,
-        vocab_size=args.vocab_size,
-        beta=args.beta,
-        l1_weight=0.0,
-        l2_weight=1.0,
+    settings = dict(entry_kwargs("MinAtar/Breakout-v1")[0]["policy_kwargs"]["tokenizer_kwargs"])
+    overrides = dict(vocab_size=args.vocab_size, embed_dim=args.embed_dim, beta=args.beta)
+    settings.update({name: value for name, value in overrides.items() if value is not None})
+    settings.update(
         foreground_weight=args.foreground_weight,
         local_patches=args.local_patches,
         restart_unused_codes=args.local_patches,
     )
+    config = ConvTokenizerConfig(resolution=16, **settings)
     tokenizer = ConvTokenizer(config)
     optimizer = torch.optim.Adam(tokenizer.parameters(), lr=args.learning_rate)
     start = time.perf_counter()
@@ -123,6 +117,7 @@ def main() -> None:
         reconstruction = tokenizer.decode_tokens(tokens)
     true_ball, drawn_ball = ball_columns(truth), ball_columns(reconstruction)
     record: dict[str, Any] = dict(vars(args), train_seconds=round(seconds, 1))
+    record.update(vocab_size=config.vocab_size, embed_dim=config.embed_dim, beta=config.beta)  # as trained
     record.update(
         mse=round(float((reconstruction - truth).pow(2).mean()), 5),
         paddle_right=float(np.mean(paddle_columns(reconstruction, PADDLE_ROW) == paddle_columns(truth, PADDLE_ROW))),
