@@ -9,6 +9,7 @@ trained only in imagination.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -104,11 +105,7 @@ class ActorCritic(nn.Module):
                 f"actor_critic_kwargs recurrent={config.recurrent!r} must be True (LSTMCell, IRIS) or False "
                 "(feed-forward)"
             )
-        if config.is_image and config.flatten_images:
-            c, h, w = config.observation_shape
-            self.encoder = nn.Sequential(nn.Flatten(), _mlp_encoder(c * h * w, config.mlp_hidden_sizes))
-            features = config.mlp_hidden_sizes[-1] if config.mlp_hidden_sizes else c * h * w
-        elif config.is_image:
+        if config.is_image and not config.flatten_images:
             c, h, w = config.observation_shape
             downscale = 2 ** len(config.conv_channels)
             if h % downscale or w % downscale:
@@ -119,8 +116,11 @@ class ActorCritic(nn.Module):
             self.encoder = _conv_encoder(c, config.conv_channels)
             features = config.conv_channels[-1] * (h // downscale) * (w // downscale)
         else:
-            self.encoder = _mlp_encoder(config.observation_shape[0], config.mlp_hidden_sizes)
-            features = config.mlp_hidden_sizes[-1] if config.mlp_hidden_sizes else config.observation_shape[0]
+            # Vectors, or images read as their flattened pixels (flatten_images).
+            in_dim = math.prod(config.observation_shape)
+            mlp = _mlp_encoder(in_dim, config.mlp_hidden_sizes)
+            self.encoder = nn.Sequential(nn.Flatten(), mlp) if config.is_image else mlp
+            features = config.mlp_hidden_sizes[-1] if config.mlp_hidden_sizes else in_dim
         if config.recurrent:
             self.lstm = nn.LSTMCell(features, config.lstm_dim)
         else:
