@@ -4,7 +4,8 @@
     OMP_NUM_THREADS=1 python -m benchmarks.tokenizer_objects --updates 1500 --local-patches --vocab-size 512 \
         --embed-dim 16
 
-Trains the ``ConvTokenizer`` of the shared MinAtar entry of ``hyperparams/iris.yml`` (16x16 frames, 16 tokens;
+Trains the ``ConvTokenizer`` of the shared MinAtar entry of ``hyperparams/iris.yml`` (16x16 frames, 16 tokens, unless
+``--image-size`` / ``--channel-multipliers`` say otherwise;
 the options override its codebook, commitment weight, loss weighting and architecture) on 3,000 frames of random
 Breakout play, then, on 1,000 other frames, reports:
 
@@ -34,13 +35,15 @@ from benchmarks.imagination_throughput import entry_kwargs
 from sb3_iris.minatar import MinAtarImageWrapper
 from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig
 
-PADDLE_ROW = 12  # grid row 9 drawn one pixel per cell, 3 pixels from the top of the 16x16 frame
-PATCH = 4
+
+def paddle_row(image_size: int) -> int:
+    """Image row of Breakout's paddle (grid row 9, one pixel per cell, the grid centred in the frame)."""
+    return (image_size - 10) // 2 + 9
 
 
-def random_frames(n: int, seed: int) -> torch.Tensor:
-    """``n`` frames ``(n, 3, 16, 16)`` uint8 of uniform random play in MinAtar Breakout."""
-    env = MinAtarImageWrapper(gym.make("MinAtar/Breakout-v1"), cell_size=1, image_size=16)
+def random_frames(n: int, seed: int, image_size: int = 16) -> torch.Tensor:
+    """``n`` frames ``(n, 3, image_size, image_size)`` uint8 of uniform random play in MinAtar Breakout."""
+    env = MinAtarImageWrapper(gym.make("MinAtar/Breakout-v1"), cell_size=1, image_size=image_size)
     env.action_space.seed(seed)
     frames = []
     observation, _ = env.reset(seed=seed)
@@ -52,11 +55,16 @@ def random_frames(n: int, seed: int) -> torch.Tensor:
     return torch.as_tensor(np.stack(frames)).permute(0, 3, 1, 2)
 
 
-def code_locality(frames: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
-    """How far the codes are a function of their own patch's pixels (see the module docstring)."""
+def code_locality(frames: torch.Tensor, tokens: torch.Tensor, patch: int) -> dict[str, float]:
+    """How far the codes are a function of their own patch's pixels (see the module docstring).
+
+    :param frames: ``(n, C, size, size)`` uint8 frames
+    :param tokens: ``(n, (size // patch) ** 2)`` their codes
+    :param patch: pixels per token patch side
+    """
     n, channels, size, _ = frames.shape
-    side = size // PATCH
-    patches = frames.reshape(n, channels, side, PATCH, side, PATCH).permute(0, 2, 4, 1, 3, 5).reshape(n, side**2, -1)
+    side = size // patch
+    patches = frames.reshape(n, channels, side, patch, side, patch).permute(0, 2, 4, 1, 3, 5).reshape(n, side**2, -1)
     codes_by_content: dict[bytes, collections.Counter] = collections.defaultdict(collections.Counter)
     for frame_patches, frame_tokens in zip(patches.numpy(), tokens.numpy()):
         for patch, token in zip(frame_patches, frame_tokens):
@@ -84,22 +92,45 @@ def main() -> None:
     parser.add_argument("--embed-dim", type=int, default=None, help="default: the entry's")
     parser.add_argument("--foreground-weight", type=float, default=1.0)
     parser.add_argument("--beta", type=float, default=None, help="commitment weight (default: the entry's)")
-    parser.add_argument("--local-patches", action="store_true", help="also restarts unused codes")
+    parser.add_argument(
+        "--local-patches", action="store_true", help="also restarts unused codes (codebook only, not with FSQ)"
+    )
+    parser.add_argument(
+        "--channel-multipliers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="default: the entry's (1 2 2: 4x4-pixel patches; 1 2: 2x2-pixel patches, 64 tokens per frame)",
+    )
+    parser.add_argument(
+        "--fsq-levels",
+        type=int,
+        nargs="+",
+        default=None,
+        help="finite scalar quantisation with these levels instead of the codebook (sets vocab size and embed dim)",
+    )
+    parser.add_argument("--image-size", type=int, default=16, help="frame side, the 10x10 grid centred (10: no border)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    frames = random_frames(4000, args.seed)
+    frames = random_frames(4000, args.seed, args.image_size)
     train, test = frames[:3000], frames[3000:]
     settings = dict(entry_kwargs("MinAtar/Breakout-v1")[0]["policy_kwargs"]["tokenizer_kwargs"])
-    overrides = dict(vocab_size=args.vocab_size, embed_dim=args.embed_dim, beta=args.beta)
+    multipliers = None if args.channel_multipliers is None else tuple(args.channel_multipliers)
+    overrides = dict(
+        vocab_size=args.vocab_size, embed_dim=args.embed_dim, beta=args.beta, channel_multipliers=multipliers
+    )
     settings.update({name: value for name, value in overrides.items() if value is not None})
+    if args.fsq_levels:
+        levels = tuple(args.fsq_levels)
+        settings.update(fsq_levels=levels, vocab_size=int(np.prod(levels)), embed_dim=len(levels))
     settings.update(
         foreground_weight=args.foreground_weight,
         local_patches=args.local_patches,
-        restart_unused_codes=args.local_patches,
+        restart_unused_codes=args.local_patches and not args.fsq_levels,
     )
-    config = ConvTokenizerConfig(resolution=16, **settings)
+    config = ConvTokenizerConfig(resolution=args.image_size, **settings)
     tokenizer = ConvTokenizer(config)
     optimizer = torch.optim.Adam(tokenizer.parameters(), lr=args.learning_rate)
     start = time.perf_counter()
@@ -116,15 +147,17 @@ def main() -> None:
         tokens = tokenizer.tokenize(truth)
         reconstruction = tokenizer.decode_tokens(tokens)
     true_ball, drawn_ball = ball_columns(truth), ball_columns(reconstruction)
+    row = paddle_row(args.image_size)
     record: dict[str, Any] = dict(vars(args), train_seconds=round(seconds, 1))
     record.update(vocab_size=config.vocab_size, embed_dim=config.embed_dim, beta=config.beta)  # as trained
     record.update(
         mse=round(float((reconstruction - truth).pow(2).mean()), 5),
-        paddle_right=float(np.mean(paddle_columns(reconstruction, PADDLE_ROW) == paddle_columns(truth, PADDLE_ROW))),
+        paddle_right=float(np.mean(paddle_columns(reconstruction, row) == paddle_columns(truth, row))),
         ball_right=float(np.mean((drawn_ball == true_ball) | (np.isnan(drawn_ball) & np.isnan(true_ball)))),
         frames_with_ball=float(np.mean(~np.isnan(true_ball))),
         ball_right_where_present=float(np.mean(drawn_ball[~np.isnan(true_ball)] == true_ball[~np.isnan(true_ball)])),
-        **code_locality(test, tokens),
+        tokens_per_frame=int(tokens.shape[1]),
+        **code_locality(test, tokens, config.patch_size),
     )
     print(json.dumps(record))
 

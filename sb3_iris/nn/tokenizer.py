@@ -16,19 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sb3_iris.nn.config_checks import check_bools, check_int_tuples, check_ints, check_reals, check_scales
-
-
-class TokenizerEncoding(NamedTuple):
-    """Output of :meth:`Tokenizer.encode`.
-
-    :param z: continuous encoder output, ``(B, K, E)``
-    :param z_quantized: nearest codebook vectors with straight-through gradient, ``(B, K, E)``
-    :param tokens: codebook indices, ``(B, K)`` int64
-    """
-
-    z: torch.Tensor
-    z_quantized: torch.Tensor
-    tokens: torch.Tensor
+from sb3_iris.nn.finite_scalar_quantizer import FiniteScalarQuantizer, check_fsq_levels
+from sb3_iris.nn.tokenizer_types import TokenizerEncoding
 
 
 class TokenizerLosses(NamedTuple):
@@ -150,6 +139,9 @@ class Tokenizer(nn.Module):
     :param tokens_per_obs: number of tokens per observation (K)
     :param beta: commitment weight
     :param restart_unused_codes: restart codes that fall out of use (see :class:`VectorQuantizer`; not in IRIS)
+    :param fsq_levels: empty: the learned codebook of IRIS (:class:`VectorQuantizer`); otherwise finite scalar
+        quantisation with these levels per latent dimension (:class:`FiniteScalarQuantizer`; not in IRIS), which
+        needs ``vocab_size = prod(fsq_levels)`` and ``embed_dim = len(fsq_levels)``
     """
 
     def __init__(
@@ -159,12 +151,17 @@ class Tokenizer(nn.Module):
         tokens_per_obs: int,
         beta: float = 1.0,
         restart_unused_codes: bool = False,
+        fsq_levels: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.embed_dim = embed_dim
         self.tokens_per_obs = tokens_per_obs
-        self.quantizer = VectorQuantizer(vocab_size, embed_dim, beta, restart_unused_codes)
+        self.quantizer: nn.Module
+        if fsq_levels:
+            self.quantizer = FiniteScalarQuantizer(tuple(fsq_levels))
+        else:
+            self.quantizer = VectorQuantizer(vocab_size, embed_dim, beta, restart_unused_codes)
 
     def preprocess(self, observations: torch.Tensor) -> torch.Tensor:
         """Map raw observations (as stored in the replay) to the network's input space."""
@@ -261,6 +258,10 @@ class ConvTokenizerConfig:
     :param foreground_weight: weight of the L1 and L2 errors at the pixels that are not black in the target (any
         channel above the minimum, -1), relative to black ones (1: unweighted, IRIS). For small synthetic frames on a
         black background, such as MinAtar's, where a one-pixel ball is 1/256 of the loss and is otherwise dropped
+    :param fsq_levels: empty (IRIS): a learned codebook of ``vocab_size`` vectors of ``embed_dim``. Otherwise finite
+        scalar quantisation (:class:`FiniteScalarQuantizer`; not in IRIS) with these levels per latent dimension;
+        then ``vocab_size`` must be ``prod(fsq_levels)``, ``embed_dim`` must be ``len(fsq_levels)``, ``beta`` does
+        not apply and ``restart_unused_codes`` must be False (there is no codebook)
     """
 
     resolution: int = 64
@@ -280,9 +281,15 @@ class ConvTokenizerConfig:
     local_patches: bool = False
     restart_unused_codes: bool = False
     foreground_weight: float = 1.0
+    fsq_levels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         check_bools(self, ("local_patches", "restart_unused_codes"))
+        self.fsq_levels = tuple(self.fsq_levels)
+        if self.fsq_levels:
+            check_fsq_levels(self.fsq_levels, self.vocab_size, self.embed_dim)
+            if self.restart_unused_codes:
+                raise ValueError("restart_unused_codes=True needs a codebook; fsq_levels has none (set one of them)")
         check_ints(self, ("resolution", "in_channels", "base_channels", "encoder_res_blocks", "z_channels"))
         check_ints(self, ("embed_dim",))
         check_ints(self, ("vocab_size",), minimum=2)
@@ -541,7 +548,12 @@ class ConvTokenizer(Tokenizer):
         config = config or ConvTokenizerConfig()
         config.validate()
         super().__init__(
-            config.vocab_size, config.embed_dim, config.tokens_per_obs, config.beta, config.restart_unused_codes
+            config.vocab_size,
+            config.embed_dim,
+            config.tokens_per_obs,
+            config.beta,
+            config.restart_unused_codes,
+            config.fsq_levels,
         )
         self.config = config
         self.encoder = PatchEncoder(config) if config.local_patches else ConvEncoder(config)
@@ -725,6 +737,7 @@ __all__ = [
     "TokenizerEncoding",
     "TokenizerLosses",
     "VectorQuantizer",
+    "FiniteScalarQuantizer",
     "codebook_usage",
     "count_parameters",
 ]
