@@ -35,6 +35,11 @@ from sb3_iris.evaluate import load_model, make_env, resolve_env_settings
 from sb3_iris.imagination import DreamEnv
 
 
+def paddle_row(image_size: int) -> int:
+    """Image row of Breakout's paddle (grid row 9, one pixel per cell, the 10x10 grid centred in the frame)."""
+    return (image_size - 10) // 2 + 9
+
+
 def paddle_columns(frames: torch.Tensor, row: int) -> np.ndarray:
     """Paddle column (white: all channels > 0.5 in [-1, 1]) in ``row`` of each frame ``(B, 3, H, W)``; NaN if none."""
     white = (frames[:, :, row, :] > 0.5).all(dim=1).float()  # (B, W)
@@ -198,16 +203,17 @@ def main() -> None:
     model.final_training_epochs = 0
     model.learn(args.replay_steps, reset_num_timesteps=True)  # collection only: fills the fresh replay
     eval_env = DummyVecEnv([make(10_000 + args.seed)])
+    row = paddle_row(model.observation_space.shape[-1])
     record: dict[str, Any] = dict(vars(args), evaluations=[], replay_steps_collected=int(model.replay_buffer.n_steps))
     if args.paddle_check:
         record["paddle_check"] = {
-            str(temperature): paddle_check(model, args.paddle_steps, 256, 1, 2, 12, temperature)
+            str(temperature): paddle_check(model, args.paddle_steps, 256, 1, 2, row, temperature)
             for temperature in (1.0, 0.5, 0.0)
         }
         print(json.dumps(record["paddle_check"]), flush=True)
     if args.policy_check:
-        record["imagined_policy_returns"] = imagined_policy_returns(model, args.policy_check, 256)
-        record["real_policy_returns"] = real_policy_returns(make(0), model.policy.tokenizer, args.policy_check, 50)
+        record["imagined_policy_returns"] = imagined_policy_returns(model, args.policy_check, 256, row)
+        record["real_policy_returns"] = real_policy_returns(make(0), model.policy.tokenizer, args.policy_check, 50, row)
         print(json.dumps({k: record[k] for k in ("imagined_policy_returns", "real_policy_returns")}), flush=True)
     start = time.perf_counter()
     model.actor_critic_updates_per_epoch = args.eval_every

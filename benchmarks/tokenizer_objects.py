@@ -30,15 +30,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from benchmarks.frozen_world_model_probe import ball_columns, paddle_columns
+from benchmarks.frozen_world_model_probe import ball_columns, paddle_columns, paddle_row
 from benchmarks.imagination_throughput import entry_kwargs
 from sb3_iris.minatar import MinAtarImageWrapper
 from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig
-
-
-def paddle_row(image_size: int) -> int:
-    """Image row of Breakout's paddle (grid row 9, one pixel per cell, the grid centred in the frame)."""
-    return (image_size - 10) // 2 + 9
 
 
 def random_frames(n: int, seed: int, image_size: int = 16) -> torch.Tensor:
