@@ -35,11 +35,18 @@ def entry_kwargs(env_id: str, path: str = REPO_HYPERPARAMS) -> tuple[dict[str, A
     return entry, env_settings
 
 
-def build_model(env_id: str, parallel: bool, replay_steps: int, seed: int = 0) -> IRIS:
-    """IRIS of the entry with ``parallel_observations`` set, its replay filled with ``replay_steps`` random steps."""
+def build_model(env_id: str, parallel: bool, replay_steps: int, seed: int = 0, path: str = REPO_HYPERPARAMS) -> IRIS:
+    """IRIS of the entry with ``parallel_observations`` set, its replay filled with ``replay_steps`` random steps.
+
+    :param env_id: the entry's id
+    :param parallel: the world model's ``parallel_observations``
+    :param replay_steps: random-play transitions collected first (no training phase runs)
+    :param seed: seed of the model and the envs
+    :param path: the hyperparameter file that holds the entry
+    """
     import importlib
 
-    kwargs, settings = entry_kwargs(env_id)
+    kwargs, settings = entry_kwargs(env_id, path)
     wrappers = settings.get("env_wrapper") or []
     wrapper_class, wrapper_kwargs = None, None
     if wrappers:
