@@ -4,7 +4,8 @@
 contract: ``num_timesteps``, callbacks with the locals ``new_obs``, ``rewards``, ``dones``, ``infos``): before each
 collection the actor's LSTM is burned in on the last ``burn_in`` frames of each env's ongoing episode, actions are
 sampled at ``collect_temperature`` with ``collect_epsilon`` random actions (IRIS), and every step is stored in the
-replay, also when a callback stops training or raises.
+replay, also when a callback stops training or raises. It also makes the replay and readies it at the start of
+each ``learn()`` call (one per env count; the ongoing episodes closed when the envs restart).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_iris.buffers import EpisodeReplayBuffer
 from sb3_iris.envs import truncations_from_infos
 from sb3_iris.nn.actor_critic import LSTMState
 from sb3_iris.validation import check_env_step
 
 if TYPE_CHECKING:
-    from sb3_iris.buffers import EpisodeReplayBuffer
     from sb3_iris.policies import IrisPolicy
 
 __all__ = ["IrisCollection"]
@@ -38,7 +39,32 @@ class IrisCollection(BaseAlgorithm):
     collect_epsilon: float
     collect_temperature: float
     last_collection_seconds: float
+    buffer_size: Optional[int]
+    replay_memory_budget_gb: Optional[float]
     _collection_state: Optional[LSTMState]
+
+    def _make_replay_buffer(self) -> EpisodeReplayBuffer:
+        budget = None if self.replay_memory_budget_gb is None else int(self.replay_memory_budget_gb * 1024**3)
+        return EpisodeReplayBuffer(
+            self.observation_space,
+            n_envs=self.n_envs,
+            buffer_size=self.buffer_size,
+            memory_budget_bytes=budget,
+            seed=self.seed,
+        )
+
+    def _prepare_replay(self, env_was_reset: bool) -> None:
+        """At the start of ``learn()``: a replay of the env's ``n_envs`` (an empty one of another count is made anew,
+        a filled one refused), its ongoing episodes ended when the env restarted them."""
+        if self.replay_buffer.n_envs != self.n_envs:
+            if self.replay_buffer.n_steps > 0:
+                raise ValueError(
+                    f"the replay buffer holds data of {self.replay_buffer.n_envs} envs but the env has {self.n_envs}"
+                )
+            self.replay_buffer = self._make_replay_buffer()
+        if env_was_reset:
+            # The env restarted its episodes: the replay's ongoing episodes end here.
+            self.replay_buffer.close_ongoing_episodes()
 
     @torch.no_grad()
     def _burn_in_collection_state(self) -> LSTMState:

@@ -19,7 +19,14 @@ from __future__ import annotations
 import copy
 from typing import Any, Optional, Union
 
-__all__ = ["PRESETS", "PRESET_HYPERPARAMETERS", "PRESET_POLICY_KWARGS", "merge_policy_kwargs", "resolve_preset"]
+__all__ = [
+    "PRESETS",
+    "PRESET_HYPERPARAMETERS",
+    "PRESET_POLICY_KWARGS",
+    "apply_preset",
+    "merge_policy_kwargs",
+    "resolve_preset",
+]
 
 PUBLISHED = "published"
 VECTOR = "vector"
@@ -108,3 +115,16 @@ def merge_policy_kwargs(preset: str, policy_kwargs: Optional[dict[str, Any]]) ->
         else:
             merged[key] = value
     return merged
+
+
+def apply_preset(model: Any, preset: Optional[str]) -> None:
+    """Set ``model.preset``; fill the arguments ``model`` holds as None, and its network sizes, from the preset.
+
+    :param model: the IRIS model being constructed (its arguments and ``policy_class`` set)
+    :param preset: ``"published"``, ``"vector"`` or None (by policy, :func:`resolve_preset`)
+    """
+    model.preset = resolve_preset(preset, model.policy_class)
+    for name, value in PRESET_HYPERPARAMETERS[model.preset].items():
+        if getattr(model, name) is None:
+            setattr(model, name, value)
+    model.policy_kwargs = merge_policy_kwargs(model.preset, model.policy_kwargs)

@@ -6,30 +6,26 @@ train the tokenizer, the world model and the actor-critic (in imagination), each
 
 from __future__ import annotations
 
-import sys
-import time
-import warnings
 from contextlib import AbstractContextManager
-from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
+from typing import Any, ClassVar, Optional, TypeVar, Union
 
 import numpy as np
 import torch
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.utils import safe_mean
 
 from sb3_iris.buffers import EpisodeReplayBuffer
 from sb3_iris.caches import FrozenTokenizerCache
 from sb3_iris.collection import IrisCollection
-from sb3_iris.defaults import PRESET_HYPERPARAMETERS, merge_policy_kwargs, resolve_preset
+from sb3_iris.defaults import apply_preset
 from sb3_iris.imagination import DreamEnv, OneTokenStepper, imagine_rollouts
 from sb3_iris.nn.actor_critic import LSTMState
 from sb3_iris.performance import PerformanceOptions, apply_process_options, autocast_context, configure_modules
 from sb3_iris.persistence import IrisPersistence
 from sb3_iris.policies import CnnPolicy, IrisPolicy, MlpPolicy
-from sb3_iris.progress import TrainingProgress, network_summary, schedule_line
-from sb3_iris.schedule import PARTS, final_epochs, plan_epochs, unreachable_message
+from sb3_iris.progress import TrainingProgress, record_epoch, record_run_statistics, start_progress
+from sb3_iris.schedule import final_epochs
 from sb3_iris.spaces import check_env_spaces, check_spaces
-from sb3_iris.training import make_phases, phase_metrics, run_phase
+from sb3_iris.training import make_phases, phase_metrics, run_phase, train_epoch
 from sb3_iris.validation import check_hyperparameters, check_networks_fit, check_total_timesteps
 
 SelfIRIS = TypeVar("SelfIRIS", bound="IRIS")
@@ -183,6 +179,8 @@ class IRIS(IrisPersistence, IrisCollection):
             support_multi_env=True,
             monitor_wrapper=True,
             seed=seed,
+            # None: sb3_iris.spaces is the one place of space checks (ValueErrors that name the space, run before
+            # SB3 wraps the env; SB3's own check is a bare assertion after it).
             supported_action_spaces=None,
         )
         if self.env is not None:
@@ -226,26 +224,14 @@ class IRIS(IrisPersistence, IrisCollection):
         self.last_collection_seconds = 0.0
         self._collection_state: Optional[LSTMState] = None
         self._progress: Optional[TrainingProgress] = None
-        self._apply_preset(preset)
-        self._validate_hyperparameters()
+        apply_preset(self, preset)  # the arguments left at None (sb3_iris.defaults)
+        check_hyperparameters(self)  # impossible values refused before any work (sb3_iris.validation)
         if _init_setup_model:
             self._setup_model()
 
     # ----------------------------------------------------------------------------------------------
     # Setup
     # ----------------------------------------------------------------------------------------------
-
-    def _apply_preset(self, preset: Optional[str]) -> None:
-        """Fill the arguments left at None, and the network sizes, from the preset (see :mod:`sb3_iris.defaults`)."""
-        self.preset = resolve_preset(preset, self.policy_class)
-        for name, value in PRESET_HYPERPARAMETERS[self.preset].items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        self.policy_kwargs = merge_policy_kwargs(self.preset, self.policy_kwargs)
-
-    def _validate_hyperparameters(self) -> None:
-        """Refuse impossible values before any work (:func:`sb3_iris.validation.check_hyperparameters`)."""
-        check_hyperparameters(self)
 
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
@@ -289,16 +275,6 @@ class IRIS(IrisPersistence, IrisCollection):
             self.policy.world_model, self.imagination_temperature, self.performance.merge_last_token, stepper
         )
         self._collection_state = None
-
-    def _make_replay_buffer(self) -> EpisodeReplayBuffer:
-        budget = None if self.replay_memory_budget_gb is None else int(self.replay_memory_budget_gb * 1024**3)
-        return EpisodeReplayBuffer(
-            self.observation_space,
-            n_envs=self.n_envs,
-            buffer_size=self.buffer_size,
-            memory_budget_bytes=budget,
-            seed=self.seed,
-        )
 
     def _excluded_save_params(self) -> list[str]:
         # Per-run caches: device tensors that must not be pickled (a CUDA tensor would not load on a CPU machine).
@@ -367,17 +343,6 @@ class IRIS(IrisPersistence, IrisCollection):
                 dream=self.dream_env,
             )
 
-    def _tokenizer_stopped(self, epoch: int) -> bool:
-        """True once the tokenizer's training is over (``tokenizer_stop_after_epochs``)."""
-        stop = self.tokenizer_stop_after_epochs
-        return stop is not None and epoch > stop
-
-    def _phase_runs(self, epoch: int, name: str) -> bool:
-        """Whether part ``name`` trains in ``epoch``: after its warm-up, before its stop, with updates to do."""
-        if epoch <= getattr(self, f"{name}_start_after_epochs") or getattr(self, f"{name}_updates_per_epoch") == 0:
-            return False  # a part frozen with 0 updates per epoch: no phase, no (NaN) losses logged
-        return not (name == "tokenizer" and self._tokenizer_stopped(epoch))
-
     def train(self) -> None:
         """One epoch of training: tokenizer, then world model, then actor-critic (each after its warm-up)."""
         if self.replay_buffer.n_steps == 0:
@@ -386,27 +351,9 @@ class IRIS(IrisPersistence, IrisCollection):
         if self.tokenizer_learning_rate is not None:
             for group in self.policy.tokenizer_optimizer.param_groups:
                 group["lr"] = self.tokenizer_learning_rate
-        epoch = self._n_epochs
-        metrics: dict[str, float] = {}
-        phase_times: dict[str, float] = {}
-        for phase in make_phases(self):
-            if not self._phase_runs(epoch, phase.name):
-                continue
-            if self._progress is not None:
-                self._progress.note(f"IRIS epoch {epoch}: training {phase.name}", verbose=2)
-            start = time.perf_counter()
-            history = run_phase(phase, self._progress_reporter(epoch, phase.name))
-            metrics.update(phase_metrics(phase, history))
-            self._n_updates += phase.n_updates
-            phase_times[phase.name] = time.perf_counter() - start
-        for key, value in metrics.items():
-            self.logger.record(key, value)
-        self.last_phase_seconds = phase_times
-        for name, seconds in phase_times.items():
-            self.logger.record(f"time/{name}_seconds", seconds)
-        self.logger.record("train/n_updates", self._n_updates)
-        self.logger.record("train/epoch", self._n_epochs)
-        self.logger.record("train/learning_rate", self.lr_schedule(self._current_progress_remaining))
+        metrics, self.last_phase_seconds = train_epoch(self, self._n_epochs, self._progress)  # sb3_iris.training
+        learning_rate = self.lr_schedule(self._current_progress_remaining)
+        record_epoch(self.logger, metrics, self.last_phase_seconds, self._n_updates, self._n_epochs, learning_rate)
 
     def train_part(self, name: str) -> dict[str, float]:
         """Run one part's phase now (``<name>_updates_per_epoch`` updates), whatever the schedule says.
@@ -418,13 +365,6 @@ class IRIS(IrisPersistence, IrisCollection):
         metrics = phase_metrics(phase, run_phase(phase))
         self._n_updates += phase.n_updates
         return metrics
-
-    def _progress_reporter(self, epoch: int, name: str) -> Optional[Callable[[int, int], None]]:
-        """What reports a phase's progress (verbose >= 1 or progress_bar: sb3_iris.progress), None if nothing."""
-        progress = self._progress
-        if progress is None:
-            return None
-        return lambda done, total: progress.phase_update(epoch, name, done, total)
 
     # ----------------------------------------------------------------------------------------------
     # learn
@@ -456,19 +396,12 @@ class IRIS(IrisPersistence, IrisCollection):
         env_was_reset = reset_num_timesteps or self._last_obs is None
         # IRIS's own progress bar counts epochs (see sb3_iris.progress), not SB3's env steps.
         total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name)
-        if self.replay_buffer.n_envs != self.n_envs:
-            if self.replay_buffer.n_steps > 0:
-                raise ValueError(
-                    f"the replay buffer holds data of {self.replay_buffer.n_envs} envs but the env has {self.n_envs}"
-                )
-            self.replay_buffer = self._make_replay_buffer()
-        if env_was_reset:
-            # The env restarted its episodes: the replay's ongoing episodes end here.
-            self.replay_buffer.close_ongoing_episodes()
+        self._prepare_replay(env_was_reset)  # sb3_iris.collection
         self.tokenizer_cache.attach(self.replay_buffer)
         n_vec_steps = -(-self.n_steps_per_epoch // self.n_envs)
         timesteps = total_timesteps - self.num_timesteps
-        self._progress = self._start_progress(timesteps, n_vec_steps * self.n_envs, progress_bar)
+        progress_args = (timesteps, n_vec_steps * self.n_envs, progress_bar, PROGRESS_PRINT_SECONDS)
+        self._progress = start_progress(self, *progress_args)  # plan, warnings, schedule line: sb3_iris.progress
         if apply_process_options(self.performance):
             self._progress.note("IRIS: tuned glibc malloc for this process (tune_cpu_allocator; process-wide, kept)")
 
@@ -488,23 +421,6 @@ class IRIS(IrisPersistence, IrisCollection):
         callback.on_training_end()
         return self
 
-    def _start_progress(self, timesteps: int, steps_per_epoch: int, progress_bar: bool) -> TrainingProgress:
-        """The schedule of a learn() call: warn if a part never trains in it; print it at verbose >= 1."""
-        plan = plan_epochs(
-            timesteps,
-            steps_per_epoch,
-            self._n_epochs,
-            self.final_training_epochs,
-            start_after={p: getattr(self, f"{p}_start_after_epochs") for p in PARTS},
-            updates_per_epoch={p: getattr(self, f"{p}_updates_per_epoch") for p in PARTS},
-            stop_after={p: getattr(self, f"{p}_stop_after_epochs", None) for p in PARTS},
-        )
-        if plan.unreachable_parts():
-            warnings.warn(unreachable_message(plan, self.final_training_epochs), UserWarning, stacklevel=3)
-        progress = TrainingProgress(plan, self.verbose, progress_bar, PROGRESS_PRINT_SECONDS)
-        progress.announce(schedule_line(plan, network_summary(self.policy), getattr(self, "preset", None)))
-        return progress
-
     def _run_epoch(self, log_interval: int, collected: bool = True) -> None:
         self._n_epochs += 1
         self.train()
@@ -517,15 +433,6 @@ class IRIS(IrisPersistence, IrisCollection):
             self.dump_logs()
 
     def dump_logs(self) -> None:
-        """Record rollout and time statistics and write all logged values."""
-        elapsed = max((time.time_ns() - self.start_time) / 1e9, sys.float_info.epsilon)
-        fps = int((self.num_timesteps - self._num_timesteps_at_start) / elapsed)
-        self.logger.record("time/epochs", self._n_epochs, exclude="tensorboard")
-        if self.ep_info_buffer is not None and len(self.ep_info_buffer) > 0:
-            self.logger.record("rollout/ep_rew_mean", safe_mean([info["r"] for info in self.ep_info_buffer]))
-            self.logger.record("rollout/ep_len_mean", safe_mean([info["l"] for info in self.ep_info_buffer]))
-        self.logger.record("rollout/replay_steps", self.replay_buffer.n_steps)
-        self.logger.record("time/fps", fps)
-        self.logger.record("time/time_elapsed", int(elapsed), exclude="tensorboard")
-        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        """Record the rollout and time statistics (:mod:`sb3_iris.progress`) and write all logged values."""
+        record_run_statistics(self)
         self.logger.dump(step=self.num_timesteps)

@@ -1,9 +1,11 @@
 """Progress of ``IRIS.learn()``: the schedule line, epoch and phase progress, and an estimate of the time left.
 
-At ``verbose >= 1`` IRIS prints, to stderr, one line with the schedule before training (epochs, updates per part,
-network sizes), one line per epoch, and the progress of any training phase that runs longer than
-``print_seconds``. ``progress_bar=True`` shows a tqdm bar over the epochs instead of SB3's bar over env steps (in
-IRIS the time goes into the training epochs, not into the env steps).
+At ``verbose >= 1`` IRIS writes, through the model's SB3 logger (``Logger.log``: its human-readable outputs, stdout
+and ``log.txt`` where configured), one line with the schedule before training (epochs, updates per part, network
+sizes), one line per epoch, and the progress of any training phase that runs longer than ``print_seconds``. At
+``verbose=0`` SB3's logger has no stdout output and nothing is written. ``progress_bar=True`` shows a tqdm bar over
+the epochs instead of SB3's bar over env steps (in IRIS the time goes into the training epochs, not into the env
+steps). The module also records the per-epoch values of the SB3 logs (``train/...``, ``time/...``, ``rollout/...``).
 
 The time left is the remaining gradient updates of each part times that part's latest seconds per update, plus the
 remaining collecting epochs times the latest collection time. A part that has not trained yet has no cost measured:
@@ -14,11 +16,24 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from typing import Any, Optional
 
-from sb3_iris.schedule import PARTS, EpochPlan
+from stable_baselines3.common.logger import HumanOutputFormat, Logger
+from stable_baselines3.common.utils import safe_mean
 
-__all__ = ["TrainingProgress", "estimate_seconds_left", "format_seconds", "network_summary", "schedule_line"]
+from sb3_iris.schedule import PARTS, EpochPlan, plan_epochs, unreachable_message
+
+__all__ = [
+    "TrainingProgress",
+    "estimate_seconds_left",
+    "format_seconds",
+    "network_summary",
+    "record_epoch",
+    "record_run_statistics",
+    "schedule_line",
+    "start_progress",
+]
 
 PART_NAMES = {"tokenizer": "tokenizer", "world_model": "world model", "actor_critic": "actor-critic"}
 
@@ -51,7 +66,7 @@ def network_summary(policy: Any) -> str:
 
 
 def schedule_line(plan: EpochPlan, networks: str, preset: Optional[str] = None) -> str:
-    """The one line printed before training: epochs, updates per part, network sizes."""
+    """The one line written before training: epochs, updates per part, network sizes."""
     parts = []
     for part in PARTS:
         updates = plan.updates(part)
@@ -105,19 +120,19 @@ class TrainingProgress:
     """Reports the progress of one ``learn()`` call (see the module docstring).
 
     :param plan: the call's schedule
-    :param verbose: the model's verbosity; lines are printed at >= 1
+    :param verbose: the model's verbosity; lines are written at >= 1
     :param progress_bar: show a tqdm bar over the epochs
     :param print_seconds: print a running phase's progress this often (seconds)
-    :param stream: where lines go (default: stderr)
+    :param logger: the SB3 logger the lines go to (``Logger.log``; None: a logger writing to stdout)
     """
 
     def __init__(
-        self, plan: EpochPlan, verbose: int, progress_bar: bool, print_seconds: float, stream: Any = None
+        self, plan: EpochPlan, verbose: int, progress_bar: bool, print_seconds: float, logger: Optional[Logger] = None
     ) -> None:
         self.plan = plan
         self.verbose = verbose
         self.print_seconds = print_seconds
-        self.stream = stream if stream is not None else sys.stderr
+        self.logger = logger if logger is not None else Logger(None, [HumanOutputFormat(sys.stdout)])
         self.start = time.perf_counter()
         self.epochs_done = 0
         self.seconds_per_update: dict[str, float] = {}
@@ -143,17 +158,18 @@ class TrainingProgress:
     # -- events -------------------------------------------------------------------------------------
 
     def _print(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(line, file=self.stream)
+        if self.bar is None:
+            self.logger.log(line)
         else:
-            print(line, file=self.stream, flush=True)
+            with self.bar.external_write_mode():  # clears the bar for the line, then redraws it
+                self.logger.log(line)
 
     def announce(self, line: str) -> None:
-        """Print the schedule line (verbose >= 1)."""
+        """Write the schedule line (verbose >= 1)."""
         self.note(line)
 
     def note(self, line: str, verbose: int = 1) -> None:
-        """Print a line at this verbosity and above (through the bar when one is shown).
+        """Write a line to the logger at this verbosity and above (clearing the bar for it when one is shown).
 
         :param line: the text
         :param verbose: the lowest verbosity that shows it
@@ -216,6 +232,69 @@ class TrainingProgress:
         self.bar.set_postfix_str(self.left_text((epoch, phase, done)), refresh=False)
         # update() redraws at most every mininterval seconds.
         self.bar.update(max(0.0, self.epochs_done + fraction * 0.99 - self.bar.n))
+
+
+def start_progress(
+    model: Any, timesteps: int, steps_per_epoch: int, progress_bar: bool, print_seconds: float
+) -> TrainingProgress:
+    """The progress of a ``learn()`` call: its plan; a warning if a part never trains in it; the schedule line.
+
+    :param model: the IRIS model (its schedule arguments, epochs so far, networks and logger)
+    :param timesteps: env steps the call collects
+    :param steps_per_epoch: env steps per collecting epoch (summed over envs)
+    :param progress_bar: show a tqdm bar over the epochs
+    :param print_seconds: write a running phase's progress this often (seconds)
+    """
+    plan = plan_epochs(
+        timesteps,
+        steps_per_epoch,
+        model._n_epochs,
+        model.final_training_epochs,
+        start_after={p: getattr(model, f"{p}_start_after_epochs") for p in PARTS},
+        updates_per_epoch={p: getattr(model, f"{p}_updates_per_epoch") for p in PARTS},
+        stop_after={p: getattr(model, f"{p}_stop_after_epochs", None) for p in PARTS},
+    )
+    if plan.unreachable_parts():
+        # stacklevel: this function, learn(), the caller of learn().
+        warnings.warn(unreachable_message(plan, model.final_training_epochs), UserWarning, stacklevel=3)
+    # learn() configures the logger (SB3's _setup_learn) before this; a model that never learnt has none yet.
+    logger = getattr(model, "_logger", None)
+    progress = TrainingProgress(plan, model.verbose, progress_bar, print_seconds, logger)
+    progress.announce(schedule_line(plan, network_summary(model.policy), getattr(model, "preset", None)))
+    return progress
+
+
+def record_epoch(
+    logger: Logger,
+    metrics: dict[str, float],
+    phase_seconds: dict[str, float],
+    n_updates: int,
+    epoch: int,
+    learning_rate: float,
+) -> None:
+    """Record an epoch's training values: the phases' metrics, their times, the update and epoch counts, the rate."""
+    for key, value in metrics.items():
+        logger.record(key, value)
+    for name, seconds in phase_seconds.items():
+        logger.record(f"time/{name}_seconds", seconds)
+    logger.record("train/n_updates", n_updates)
+    logger.record("train/epoch", epoch)
+    logger.record("train/learning_rate", learning_rate)
+
+
+def record_run_statistics(model: Any) -> None:
+    """Record the rollout and time statistics of ``model``'s ``learn()`` call (before each dump of the logs)."""
+    logger = model.logger
+    elapsed = max((time.time_ns() - model.start_time) / 1e9, sys.float_info.epsilon)
+    fps = int((model.num_timesteps - model._num_timesteps_at_start) / elapsed)
+    logger.record("time/epochs", model._n_epochs, exclude="tensorboard")
+    if model.ep_info_buffer is not None and len(model.ep_info_buffer) > 0:
+        logger.record("rollout/ep_rew_mean", safe_mean([info["r"] for info in model.ep_info_buffer]))
+        logger.record("rollout/ep_len_mean", safe_mean([info["l"] for info in model.ep_info_buffer]))
+    logger.record("rollout/replay_steps", model.replay_buffer.n_steps)
+    logger.record("time/fps", fps)
+    logger.record("time/time_elapsed", int(elapsed), exclude="tensorboard")
+    logger.record("time/total_timesteps", model.num_timesteps, exclude="tensorboard")
 
 
 def _make_bar(plan: EpochPlan) -> Any:

@@ -12,6 +12,7 @@ trajectories imagined in the world model (lambda-returns, REINFORCE with a value
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -23,8 +24,9 @@ from sb3_iris.nn.tokenizer import codebook_usage
 
 if TYPE_CHECKING:
     from sb3_iris.iris import IRIS
+    from sb3_iris.progress import TrainingProgress
 
-__all__ = ["Phase", "clip_and_step", "make_phases", "phase_metrics", "run_phase"]
+__all__ = ["Phase", "clip_and_step", "make_phases", "phase_metrics", "phase_runs", "run_phase", "train_epoch"]
 
 # Replay observations used to fit a vector tokenizer's input standardisation (once, before its first update).
 NORMALIZATION_SAMPLE = 10_000
@@ -209,3 +211,42 @@ PHASE_FACTORIES = {"tokenizer": tokenizer_phase, "world_model": world_model_phas
 def make_phases(model: IRIS) -> list[Phase]:
     """The three phases of an epoch of ``model``, in training order (tokenizer, world model, actor-critic)."""
     return [factory(model) for factory in PHASE_FACTORIES.values()]
+
+
+def phase_runs(model: IRIS, epoch: int, name: str) -> bool:
+    """Whether part ``name`` trains in ``epoch``: after its warm-up, before its stop, with updates to do."""
+    if epoch <= getattr(model, f"{name}_start_after_epochs") or getattr(model, f"{name}_updates_per_epoch") == 0:
+        return False  # a part frozen with 0 updates per epoch: no phase, no (NaN) losses logged
+    stop = model.tokenizer_stop_after_epochs  # the tokenizer trains no more after this epoch
+    return not (name == "tokenizer" and stop is not None and epoch > stop)
+
+
+def train_epoch(
+    model: IRIS, epoch: int, progress: Optional[TrainingProgress] = None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Run the phases due in ``epoch`` (:func:`phase_runs`), in order; count their updates on the model.
+
+    :param model: the IRIS model
+    :param epoch: the epoch (1-based, counted over ``learn()`` calls)
+    :param progress: what reports the phases' progress (None: nothing)
+    :return: the phases' metrics (``train/...`` keys) and their seconds, by part
+    """
+    metrics: dict[str, float] = {}
+    phase_seconds: dict[str, float] = {}
+    for phase in make_phases(model):
+        if not phase_runs(model, epoch, phase.name):
+            continue
+        report = None
+        if progress is not None:
+            progress.note(f"IRIS epoch {epoch}: training {phase.name}", verbose=2)
+            report = _reporter(progress, epoch, phase.name)
+        start = time.perf_counter()
+        history = run_phase(phase, report)
+        metrics.update(phase_metrics(phase, history))
+        model._n_updates += phase.n_updates
+        phase_seconds[phase.name] = time.perf_counter() - start
+    return metrics, phase_seconds
+
+
+def _reporter(progress: TrainingProgress, epoch: int, name: str) -> Callable[[int, int], None]:
+    return lambda done, total: progress.phase_update(epoch, name, done, total)

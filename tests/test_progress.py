@@ -1,6 +1,8 @@
-"""Progress output of long training phases, and imagination on a model that has not called learn()."""
+"""Progress output of long training phases (through SB3's logger), and imagination on a model that has not called
+learn()."""
 
 import numpy as np
+from stable_baselines3.common.logger import configure
 
 import sb3_iris.iris as iris_module
 from sb3_iris import IRIS
@@ -11,16 +13,28 @@ def test_verbose_prints_phase_progress(monkeypatch, capsys):
     monkeypatch.setattr(iris_module, "PROGRESS_PRINT_SECONDS", 0.0)
     model = IRIS("CnnPolicy", ColorBoxEnv(), verbose=1, **tiny_iris_kwargs(image=True))
     model.learn(model.n_steps_per_epoch)
-    err = capsys.readouterr().err
+    out = capsys.readouterr().out  # SB3's logger: its stdout output at verbose=1
     for phase in ("tokenizer", "world_model", "actor_critic"):
-        assert f"{phase}: 1/" in err, err
+        assert f"{phase}: 1/" in out, out
 
 
 def test_quiet_model_prints_no_progress(monkeypatch, capsys):
     monkeypatch.setattr(iris_module, "PROGRESS_PRINT_SECONDS", 0.0)
     model = IRIS("CnnPolicy", ColorBoxEnv(), verbose=0, **tiny_iris_kwargs(image=True))
     model.learn(model.n_steps_per_epoch)
-    assert "updates" not in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "updates" not in captured.out + captured.err
+
+
+def test_progress_lines_go_to_the_loggers_text_outputs(tmp_path, capsys):
+    """A logger set by the user (here log.txt only) gets the lines; nothing is printed beside it."""
+    model = IRIS("MlpPolicy", "CartPole-v1", verbose=1, **tiny_iris_kwargs(image=False))
+    model.set_logger(configure(str(tmp_path), ["log"]))
+    model.learn(model.n_steps_per_epoch)
+    text = (tmp_path / "log.txt").read_text()
+    assert "IRIS learn(50)" in text and "IRIS epoch 1/1 done" in text, text
+    captured = capsys.readouterr()
+    assert "IRIS" not in captured.out + captured.err
 
 
 def test_imagine_before_learn_uses_the_replay():

@@ -11,7 +11,7 @@ import yaml
 import sb3_iris.iris as iris_module
 from sb3_iris import IRIS
 from sb3_iris.defaults import PRESET_HYPERPARAMETERS
-from sb3_iris.progress import estimate_seconds_left, format_seconds
+from sb3_iris.progress import estimate_seconds_left, format_seconds, start_progress
 from sb3_iris.schedule import PARTS, final_epochs, plan_epochs
 from tests.conftest import ColorBoxEnv, tiny_iris_kwargs
 
@@ -22,6 +22,11 @@ ZOO_KEYS = ("n_timesteps", "policy", "env_wrapper", "n_envs", "policy_kwargs")
 
 def yml_entry(name: str) -> dict:
     return dict(yaml.safe_load(IRIS_YML.read_text())[name])
+
+
+def learn_plan(model: IRIS, timesteps: int, steps_per_epoch: int):
+    """The epoch plan ``learn(timesteps)`` would run now (and its warnings), without training."""
+    return start_progress(model, timesteps, steps_per_epoch, False, iris_module.PROGRESS_PRINT_SECONDS).plan
 
 
 def count_updates(model: IRIS) -> dict[str, int]:
@@ -74,7 +79,7 @@ def test_cost_of_learn_is_proportional_to_n():
 def test_learn_runs_the_epochs_of_its_plan():
     model = IRIS("MlpPolicy", "CartPole-v1", seed=0, **tiny_iris_kwargs(image=False, final_training_epochs=0.5))
     counts = count_updates(model)
-    plan = model._start_progress(7 * model.n_steps_per_epoch - 10, model.n_steps_per_epoch, False).plan
+    plan = learn_plan(model, 7 * model.n_steps_per_epoch - 10, model.n_steps_per_epoch)
     model.learn(7 * model.n_steps_per_epoch - 10)
     assert (plan.collecting_epochs, plan.final_epochs) == (7, 4)  # 3.5 rounds half up
     assert model._n_epochs == plan.total_epochs
@@ -87,7 +92,7 @@ def test_atari_entry_gives_the_published_schedule_at_100k():
     kwargs = {k: v for k, v in entry.items() if k not in ZOO_KEYS}
     # A 64x64 RGB env stands in for the wrapped Atari game: the schedule does not depend on the frames.
     model = IRIS(entry["policy"], ColorBoxEnv(size=64), device="cpu", **kwargs)
-    plan = model._start_progress(int(entry["n_timesteps"]), model.n_steps_per_epoch, False).plan
+    plan = learn_plan(model, int(entry["n_timesteps"]), model.n_steps_per_epoch)
     assert (plan.collecting_epochs, plan.final_epochs, plan.total_epochs) == (500, 100, 600)
     assert {part: plan.updates(part) for part in PARTS} == {
         "tokenizer": (600 - 5) * 200,
@@ -100,7 +105,7 @@ def test_atari_entry_gives_the_published_schedule_at_100k():
         assert getattr(default, name) == value, name
     # learn(256) on the published schedule: 2 collecting epochs, no final ones.
     with pytest.warns(UserWarning, match="never train"):
-        assert model._start_progress(256, 200, False).plan.total_epochs == 2
+        assert learn_plan(model, 256, 200).total_epochs == 2
 
 
 def test_unreachable_warm_up_warns_once_naming_the_values():
@@ -211,8 +216,8 @@ def test_verbose_prints_the_schedule_and_epoch_progress(monkeypatch, capsys):
     monkeypatch.setattr(iris_module, "PROGRESS_PRINT_SECONDS", 0.0)
     model = IRIS("MlpPolicy", "CartPole-v1", verbose=1, **tiny_iris_kwargs(image=False))
     model.learn(2 * model.n_steps_per_epoch)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("IRIS")]
+    out = capsys.readouterr().out  # SB3's logger: its stdout output at verbose=1
+    lines = [line for line in out.splitlines() if line.startswith("IRIS")]
     schedule = lines[0]
     expected = (
         "learn(100)",
@@ -223,8 +228,8 @@ def test_verbose_prints_the_schedule_and_epoch_progress(monkeypatch, capsys):
     )
     for text in expected:
         assert text in schedule, schedule
-    assert any(line.startswith("IRIS epoch 2/2 done") and "left" in line for line in lines), err
-    assert any("world_model: 1/2 updates" in line and "run: " in line for line in lines), err
+    assert any(line.startswith("IRIS epoch 2/2 done") and "left" in line for line in lines), out
+    assert any("world_model: 1/2 updates" in line and "run: " in line for line in lines), out
 
 
 def test_progress_bar_counts_epochs(capsys):
