@@ -7,10 +7,11 @@ One question, without actor-critic or collection in the way: for an ``iris.yml``
 the replay with ``--replay-steps`` steps of random play (the untrained actor), train the tokenizer for
 ``--tokenizer-updates`` updates and freeze it, then train only the world model, and every ``--eval-every`` updates
 measure it on segments of *fresh* random play it never trained on (teacher-forced, as
-:class:`sb3_iris.callbacks.WorldModelEvalCallback`: next-token accuracy, observation loss, reward and end
-accuracy). The same tokenizer weights serve every mode (``--modes on off``: ``parallel_observations`` True /
-False). Also reports the fraction of fresh frames whose *every* token is predicted right (a frame right in
-full), and seconds per world-model update. Prints one JSON line per evaluation, then a JSON summary.
+:class:`sb3_iris.callbacks.WorldModelEvalCallback`: next-token accuracy, observation loss, reward and end accuracy),
+and the accuracy on the tokens that change between frames. The same tokenizer weights serve every mode (``--modes on
+off``: ``parallel_observations`` True / False). Also reports the fraction of fresh frames whose *every* token is
+predicted right (a frame right in full), and seconds per world-model update. Prints one JSON line per evaluation,
+then a JSON summary.
 """
 
 from __future__ import annotations
@@ -47,11 +48,14 @@ def fresh_steps(model: IRIS, steps: int, seed: int) -> list[tuple[np.ndarray, ..
 
 
 @torch.no_grad()
-def frame_accuracies(model: IRIS, batch: dict[str, np.ndarray]) -> tuple[float, float]:
-    """(fraction of predicted real frames whose K tokens are all argmax-right, per-token accuracy on the same frames).
+def frame_accuracies(model: IRIS, batch: dict[str, np.ndarray]) -> dict[str, float]:
+    """Accuracies of the argmax next-frame prediction on every real step after a segment's first.
 
-    The frames are every real step after a segment's first. The per-token figure is a check of the layout: it
-    equals the eval callback's ``next_token_accuracy`` up to the first frame's tokens, which it leaves out.
+    ``whole_frame_accuracy``: fraction of frames whose K tokens are all right; ``token_accuracy_after_first_frame``:
+    per token (a check of the layout: it equals the eval callback's ``next_token_accuracy`` up to the first frame's
+    tokens, which it leaves out); ``changed_token_accuracy`` / ``unchanged_token_accuracy``: per token, over the
+    tokens that differ from (equal) the same position in the previous frame, i.e. what moved (the ball) and what
+    did not; ``changed_token_fraction``.
     """
     policy, device = model.policy, model.device
     tokenizer, world_model = policy.tokenizer, policy.world_model
@@ -72,7 +76,15 @@ def frame_accuracies(model: IRIS, batch: dict[str, np.ndarray]) -> tuple[float, 
     mask = torch.as_tensor(batch["mask"], device=device)
     real_next = mask[:, 1:]
     right = predicted == tokens[:, 1:]
-    return float(right.all(-1)[real_next].float().mean()), float(right[real_next].float().mean())
+    changed = (tokens[:, 1:] != tokens[:, :-1])[real_next]
+    right_real = right[real_next]
+    return dict(
+        whole_frame_accuracy=float(right_real.all(-1).float().mean()),
+        token_accuracy_after_first_frame=float(right_real.float().mean()),
+        changed_token_accuracy=float(right_real[changed].float().mean()),
+        unchanged_token_accuracy=float(right_real[~changed].float().mean()),
+        changed_token_fraction=float(changed.float().mean()),
+    )
 
 
 def train_and_measure(model: IRIS, segments: dict[str, np.ndarray], updates: int, every: int) -> list[dict[str, Any]]:
@@ -88,12 +100,10 @@ def train_and_measure(model: IRIS, segments: dict[str, np.ndarray], updates: int
             train = model.train_part("world_model")
             seconds += time.perf_counter() - start
         metrics = callback.evaluate_segments(**segments)
-        whole_frames, tokens = frame_accuracies(model, segments)
         entry = dict(
             world_model_updates=done,
             seconds=round(seconds, 1),
-            whole_frame_accuracy=round(whole_frames, 4),
-            token_accuracy_after_first_frame=round(tokens, 4),
+            **{key: round(value, 4) for key, value in frame_accuracies(model, segments).items()},
             **{key: round(value, 4) for key, value in metrics.items()},
             **{key.split("/")[-1]: round(value, 4) for key, value in train.items() if "world_model" in key},
         )
