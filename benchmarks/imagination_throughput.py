@@ -85,6 +85,7 @@ def time_phase(model: IRIS, phase: str, updates: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=REPO_HYPERPARAMS, help="hyperparameter file holding the entry")
     parser.add_argument("--env", default="MinAtar/Breakout-v1")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256, 1024])
@@ -96,7 +97,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results: dict[str, Any] = dict(env=args.env, threads=args.threads, torch=torch.__version__, runs=[])
     for mode in args.parallel:
-        model = build_model(args.env, mode == "on", args.replay_steps)
+        model = build_model(args.env, mode == "on", args.replay_steps, path=args.config)
         if args.horizon is not None:
             model.imagination_horizon = args.horizon
         model.policy.tokenizer.eval()
