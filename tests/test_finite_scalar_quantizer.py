@@ -10,23 +10,14 @@ import torch
 
 from sb3_iris.nn.finite_scalar_quantizer import FiniteScalarQuantizer
 from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig, VectorQuantizer
+from tests.test_small_image_switches import small_config
 
 
 def fsq_config(**overrides) -> ConvTokenizerConfig:
-    settings = dict(
-        resolution=10,
-        base_channels=8,
-        channel_multipliers=(1, 2),
-        encoder_res_blocks=1,
-        attention_resolutions=(),
-        z_channels=16,
-        embed_dim=3,
-        vocab_size=60,
-        local_patches=True,
-        fsq_levels=(5, 4, 3),
-    )
+    """The small local-patch tokenizer of ``test_small_image_switches``, on 10x10 frames with 2x2 patches and FSQ."""
+    settings = dict(resolution=10, channel_multipliers=(1, 2), embed_dim=3, vocab_size=60, fsq_levels=(5, 4, 3))
     settings.update(overrides)
-    return ConvTokenizerConfig(**settings)
+    return small_config(**settings)
 
 
 def straightforward_digits(z: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
