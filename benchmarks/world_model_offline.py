@@ -27,6 +27,7 @@ import torch
 from benchmarks.imagination_throughput import REPO_HYPERPARAMS, build_model
 from sb3_iris import IRIS
 from sb3_iris.callbacks import WorldModelEvalCallback
+from sb3_iris.envs import truncations_from_infos
 
 
 def fresh_steps(model: IRIS, steps: int, seed: int) -> list[tuple[np.ndarray, ...]]:
@@ -39,7 +40,7 @@ def fresh_steps(model: IRIS, steps: int, seed: int) -> list[tuple[np.ndarray, ..
     for _ in range(steps):
         actions = np.array([env.action_space.sample() for _ in range(env.num_envs)])
         next_observations, rewards, dones, infos = env.step(actions)
-        truncated = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos])
+        truncated = truncations_from_infos(infos, dones)
         recorded.append(
             (observations.copy(), actions.astype(np.int64), rewards.astype(np.float32), dones & ~truncated, dones)
         )
