@@ -16,6 +16,8 @@ of it) is the part that fails.
 It also measures whether imagination responds to actions (MinAtar Breakout only, ``--paddle-check``): from the
 same real start frames, it imagines ``--paddle-steps`` steps of "always left" and of "always right" and reports
 the mean paddle column of the decoded last frame of each (a world model that ignores actions gives equal columns).
+``--policy-check H`` compares imagined and real returns of scripted policies over ``H`` steps, and ``--drift-check
+H`` compares imagined with real frames under the same actions, step by step (:func:`open_loop_drift`).
 """
 
 from __future__ import annotations
@@ -160,6 +162,66 @@ def real_policy_returns(make_env: Any, tokenizer: Any, horizon: int, episodes: i
     return results
 
 
+@torch.no_grad()
+def open_loop_drift(
+    make_env: Any, model: Any, horizon: int, episodes: int, row: int, temperature: float
+) -> list[dict[str, float]]:
+    """Imagined against real frames under the same actions, step by step, from the same real starts (Breakout).
+
+    Plays ``episodes`` real episodes of the ball-tracking policy for up to ``horizon`` steps, then imagines from
+    each one's first real frame with the same actions. At every step, over the episodes still running in the real
+    game: the fraction the world model has not ended yet (``imagined_alive``), and among those, the fraction
+    whose decoded imagined paddle (ball) is in the real frame's column (``paddle_match``, ``ball_match``; the ball
+    also matches when neither frame has one).
+    """
+    env, tokenizer = make_env(), model.policy.tokenizer
+    frames, actions, running = [], [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=episode)
+        episode_frames, episode_actions, episode_running, done = [], [], [], False
+        for t in range(horizon + 1):
+            frame = tokenizer.preprocess(torch.as_tensor(obs).permute(2, 0, 1).unsqueeze(0))
+            episode_frames.append(frame[0])
+            episode_running.append(not done)
+            if t == horizon:
+                break
+            action = int(tracking_actions(frame, 1, 2, 0, row)[0]) if not done else 0
+            episode_actions.append(action)
+            if not done:
+                obs, _, terminated, truncated, _ = env.step(action)
+                done = terminated or truncated
+        frames.append(torch.stack(episode_frames))
+        actions.append(torch.as_tensor(episode_actions))
+        running.append(torch.as_tensor(episode_running))
+    real, real_actions, real_running = torch.stack(frames), torch.stack(actions), torch.stack(running)
+    dream = DreamEnv(model.policy.world_model, temperature=temperature)
+    dream.reset(tokenizer.tokenize(real[:, 0]))
+    alive = torch.ones(episodes, dtype=torch.bool)
+    results = []
+    for t in range(1, horizon + 1):
+        step = dream.step(real_actions[:, t - 1])
+        imagined = tokenizer.decode_tokens(dream.obs_tokens)
+        in_game = real_running[:, t]
+        if not bool(in_game.any()):
+            break
+        both = in_game & alive
+        true_ball, drawn_ball = ball_columns(real[:, t]), ball_columns(imagined)
+        ball_match = (true_ball == drawn_ball) | (np.isnan(true_ball) & np.isnan(drawn_ball))
+        paddle_match = paddle_columns(real[:, t], row) == paddle_columns(imagined, row)
+        mask = both.numpy()
+        results.append(
+            dict(
+                step=t,
+                real_running=round(float(in_game.float().mean()), 3),
+                imagined_alive=round(float(alive[in_game].float().mean()), 3),
+                paddle_match=round(float(paddle_match[mask].mean()), 3) if mask.any() else float("nan"),
+                ball_match=round(float(ball_match[mask].mean()), 3) if mask.any() else float("nan"),
+            )
+        )
+        alive = alive & ~step.ends  # the step's end applies from the next frame on
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
@@ -176,6 +238,9 @@ def main() -> None:
     parser.add_argument("--paddle-steps", type=int, default=4)
     parser.add_argument(
         "--policy-check", type=int, default=0, metavar="H", help="Breakout: imagined vs real return of 3 policies"
+    )
+    parser.add_argument(
+        "--drift-check", type=int, default=0, metavar="H", help="Breakout: imagined vs real frames, same actions"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
@@ -215,6 +280,12 @@ def main() -> None:
         record["imagined_policy_returns"] = imagined_policy_returns(model, args.policy_check, 256, row)
         record["real_policy_returns"] = real_policy_returns(make(0), model.policy.tokenizer, args.policy_check, 50, row)
         print(json.dumps({k: record[k] for k in ("imagined_policy_returns", "real_policy_returns")}), flush=True)
+    if args.drift_check:
+        record["open_loop_drift"] = {
+            str(temperature): open_loop_drift(make(0), model, args.drift_check, 100, row, temperature)
+            for temperature in (1.0, 0.0)
+        }
+        print(json.dumps(record["open_loop_drift"]), flush=True)
     start = time.perf_counter()
     model.actor_critic_updates_per_epoch = args.eval_every
     for done in range(0, args.updates + 1, args.eval_every):
