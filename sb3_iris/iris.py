@@ -25,7 +25,7 @@ from sb3_iris.policies import CnnPolicy, IrisPolicy, MlpPolicy
 from sb3_iris.progress import TrainingProgress, record_epoch, record_run_statistics, start_progress
 from sb3_iris.schedule import final_epochs
 from sb3_iris.spaces import check_env_spaces, check_spaces
-from sb3_iris.training import make_phases, phase_metrics, run_phase, train_epoch
+from sb3_iris.training import make_phases, train_epoch, train_phase
 from sb3_iris.validation import check_hyperparameters, check_networks_fit, check_total_timesteps
 
 SelfIRIS = TypeVar("SelfIRIS", bound="IRIS")
@@ -362,9 +362,7 @@ class IRIS(IrisPersistence, IrisCollection):
         :return: the phase's metrics (``train/...`` keys), not logged
         """
         (phase,) = [phase for phase in make_phases(self) if phase.name == name]
-        metrics = phase_metrics(phase, run_phase(phase))
-        self._n_updates += phase.n_updates
-        return metrics
+        return train_phase(self, phase)
 
     # ----------------------------------------------------------------------------------------------
     # learn

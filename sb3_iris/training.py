@@ -26,7 +26,16 @@ if TYPE_CHECKING:
     from sb3_iris.iris import IRIS
     from sb3_iris.progress import TrainingProgress
 
-__all__ = ["Phase", "clip_and_step", "make_phases", "phase_metrics", "phase_runs", "run_phase", "train_epoch"]
+__all__ = [
+    "Phase",
+    "clip_and_step",
+    "make_phases",
+    "phase_metrics",
+    "phase_runs",
+    "run_phase",
+    "train_epoch",
+    "train_phase",
+]
 
 # Replay observations used to fit a vector tokenizer's input standardisation (once, before its first update).
 NORMALIZATION_SAMPLE = 10_000
@@ -241,11 +250,16 @@ def train_epoch(
             progress.note(f"IRIS epoch {epoch}: training {phase.name}", verbose=2)
             report = _reporter(progress, epoch, phase.name)
         start = time.perf_counter()
-        history = run_phase(phase, report)
-        metrics.update(phase_metrics(phase, history))
-        model._n_updates += phase.n_updates
+        metrics.update(train_phase(model, phase, report))
         phase_seconds[phase.name] = time.perf_counter() - start
     return metrics, phase_seconds
+
+
+def train_phase(model: IRIS, phase: Phase, report: Optional[Callable[[int, int], None]] = None) -> dict[str, float]:
+    """Run ``phase`` (:func:`run_phase`) and count its updates on ``model``; return its metrics (``train/...``)."""
+    metrics = phase_metrics(phase, run_phase(phase, report))
+    model._n_updates += phase.n_updates
+    return metrics
 
 
 def _reporter(progress: TrainingProgress, epoch: int, name: str) -> Callable[[int, int], None]:
