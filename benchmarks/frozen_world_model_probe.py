@@ -33,6 +33,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from sb3_iris.envs import add_env_settings_arguments
 from sb3_iris.evaluate import load_model, make_env, resolve_env_settings
 from sb3_iris.imagination import DreamEnv
 
@@ -234,6 +235,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="actor-critic batch (default: the model's)")
     parser.add_argument("--horizon", type=int, default=None, help="imagination horizon (default: the model's)")
     parser.add_argument("--reset-actor", action="store_true", help="re-initialise the actor-critic first")
+    parser.add_argument(
+        "--normalize-advantage", choices=["on", "off"], default=None, help="override the model's normalize_advantage"
+    )
+    parser.add_argument("--ent-coef", type=float, default=None, help="override the model's ent_coef")
+    parser.add_argument("--gamma", type=float, default=None, help="override the model's gamma")
     parser.add_argument("--paddle-check", action="store_true", help="MinAtar Breakout: does imagination follow actions")
     parser.add_argument("--paddle-steps", type=int, default=4)
     parser.add_argument(
@@ -244,11 +250,14 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
+    add_env_settings_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     model = load_model(args.model, device="cpu")
-    settings = resolve_env_settings(args.model, args.env)
+    settings = resolve_env_settings(
+        args.model, args.env, args.env_wrapper, args.env_kwargs, use_run_config=not args.no_run_config
+    )
     n_envs = 4
 
     def make(seed: int):
@@ -261,6 +270,12 @@ def main() -> None:
         model.actor_critic_batch_size = args.batch_size
     if args.horizon is not None:
         model.imagination_horizon = args.horizon
+    if args.normalize_advantage is not None:
+        model.normalize_advantage = args.normalize_advantage == "on"
+    if args.ent_coef is not None:
+        model.ent_coef = args.ent_coef
+    if args.gamma is not None:
+        model.gamma = args.gamma
     if args.reset_actor:
         model.policy.actor_critic.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
     model.tokenizer_start_after_epochs = model.world_model_start_after_epochs = 10**9

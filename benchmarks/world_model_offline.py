@@ -125,6 +125,12 @@ def main() -> None:
     parser.add_argument("--fresh-steps", type=int, default=500, help="vector-env steps of fresh play (x n_envs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--save",
+        default=None,
+        metavar="PATH",
+        help="save each mode's trained model as PATH_<mode>.zip (for benchmarks/frozen_world_model_probe.py)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     record: dict[str, Any] = dict(vars(args), runs={})
@@ -144,6 +150,8 @@ def main() -> None:
         callback._steps = fresh_steps(model, args.fresh_steps, 10_000 + args.seed)
         segments = callback._segments(min(model.sequence_length, model.policy.world_model.config.max_blocks))
         record["runs"][mode] = train_and_measure(model, segments, args.world_model_updates, args.eval_every)
+        if args.save:
+            model.save(f"{args.save}_{mode}.zip")
     if args.out:
         with open(args.out, "w") as file:
             json.dump(record, file, indent=1)
