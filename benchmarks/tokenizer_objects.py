@@ -5,10 +5,13 @@
         --embed-dim 16
 
 Trains the ``ConvTokenizer`` of the shared MinAtar entry of ``hyperparams/iris.yml`` (16x16 frames, 16 tokens, unless
-``--image-size`` / ``--channel-multipliers`` say otherwise;
-the options override its codebook, commitment weight, loss weighting and architecture) on 3,000 frames of random
-Breakout play, then, on 1,000 other frames, reports:
+``--image-size`` / ``--channel-multipliers`` say otherwise; the options override its codebook, commitment weight,
+loss weighting and architecture) on ``--train-frames`` (3,000) frames of random Breakout play, then, on the next
+1,000 frames, reports:
 
+- ``frames_exact``: fraction of frames reconstructed exactly (every pixel within 0.25 of the truth in [-1, 1]);
+  ``frames_exact_by_ball_row``: the same for the frames whose ball is in each image row (-1: no ball seen), because
+  the rows next to the paddle and the bricks are where the ball bounces;
 - ``paddle_right`` / ``ball_right``: fraction of frames whose reconstruction has the paddle (the ball) in the
   true column (ball: also right when there is none and none is drawn); ``ball_right_where_present``: the same
   over the frames that have a ball;
@@ -78,6 +81,27 @@ def code_locality(frames: torch.Tensor, tokens: torch.Tensor, patch: int) -> dic
     )
 
 
+def exact_frames(truth: torch.Tensor, reconstruction: torch.Tensor, tolerance: float = 0.25) -> torch.Tensor:
+    """Per frame, whether every pixel of every channel is within ``tolerance`` of the truth (in [-1, 1] units)."""
+    return ((reconstruction - truth).abs() <= tolerance).flatten(1).all(1)
+
+
+def ball_rows(frames: torch.Tensor) -> np.ndarray:
+    """Row of Breakout's ball (red, as :func:`ball_columns`) in each frame ``(B, 3, H, W)``; -1 if none."""
+    red = (frames[:, 0] > 0.5) & (frames[:, 1] < 0) & (frames[:, 2] < 0)
+    rows = torch.arange(red.shape[1]).view(1, -1).expand(len(red), -1)
+    return torch.where(red.any(2), rows, torch.full_like(rows, -1)).max(1).values.numpy()
+
+
+def exactness_by_ball_row(truth: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, dict[str, float]]:
+    """For each image row the ball is in: frames there and the fraction reconstructed exactly (:func:`exact_frames`)."""
+    exact, rows = exact_frames(truth, reconstruction).numpy(), ball_rows(truth)
+    return {
+        str(row): dict(frames=int(np.sum(rows == row)), exact=round(float(np.mean(exact[rows == row])), 4))
+        for row in sorted(set(rows.tolist()))
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=600)
@@ -105,12 +129,13 @@ def main() -> None:
         help="finite scalar quantisation with these levels instead of the codebook (sets vocab size and embed dim)",
     )
     parser.add_argument("--image-size", type=int, default=16, help="frame side, the 10x10 grid centred (10: no border)")
+    parser.add_argument("--train-frames", type=int, default=3000, help="frames of random play to train on")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    frames = random_frames(4000, args.seed, args.image_size)
-    train, test = frames[:3000], frames[3000:]
+    frames = random_frames(args.train_frames + 1000, args.seed, args.image_size)
+    train, test = frames[: args.train_frames], frames[args.train_frames :]
     settings = dict(entry_kwargs("MinAtar/Breakout-v1")[0]["policy_kwargs"]["tokenizer_kwargs"])
     multipliers = None if args.channel_multipliers is None else tuple(args.channel_multipliers)
     overrides = dict(
@@ -151,6 +176,8 @@ def main() -> None:
         ball_right=float(np.mean((drawn_ball == true_ball) | (np.isnan(drawn_ball) & np.isnan(true_ball)))),
         frames_with_ball=float(np.mean(~np.isnan(true_ball))),
         ball_right_where_present=float(np.mean(drawn_ball[~np.isnan(true_ball)] == true_ball[~np.isnan(true_ball)])),
+        frames_exact=float(exact_frames(truth, reconstruction).float().mean()),
+        frames_exact_by_ball_row=exactness_by_ball_row(truth, reconstruction),
         tokens_per_frame=int(tokens.shape[1]),
         **code_locality(test, tokens, config.patch_size),
     )
