@@ -26,7 +26,7 @@ import torch
 
 from benchmarks.imagination_throughput import REPO_HYPERPARAMS, build_model
 from sb3_iris import IRIS
-from sb3_iris.callbacks import WorldModelEvalCallback
+from sb3_iris.callbacks import WorldModelEvalCallback, segments_from_steps
 from sb3_iris.envs import truncations_from_infos
 
 
@@ -146,9 +146,9 @@ def main() -> None:
         else:
             model.policy.tokenizer.load_state_dict(tokenizer_state)
         model.policy.tokenizer.eval()
-        callback = WorldModelEvalCallback(every_n_epochs=1, n_segments=256, seed=args.seed)
-        callback._steps = fresh_steps(model, args.fresh_steps, 10_000 + args.seed)
-        segments = callback._segments(min(model.sequence_length, model.policy.world_model.config.max_blocks))
+        length = min(model.sequence_length, model.policy.world_model.config.max_blocks)
+        steps = fresh_steps(model, args.fresh_steps, 10_000 + args.seed)
+        segments = segments_from_steps(steps, length, 256, np.random.default_rng(args.seed))
         record["runs"][mode] = train_and_measure(model, segments, args.world_model_updates, args.eval_every)
         if args.save:
             model.save(f"{args.save}_{mode}.zip")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional
 
@@ -54,7 +54,7 @@ from sb3_iris.visualize import (
     write_video,
 )
 
-__all__ = ["ImaginedRolloutCallback", "ReconstructionCallback", "WorldModelEvalCallback"]
+__all__ = ["ImaginedRolloutCallback", "ReconstructionCallback", "WorldModelEvalCallback", "segments_from_steps"]
 
 _MEDIA_EXCLUDE = ("stdout", "log", "json", "csv")
 
@@ -361,6 +361,57 @@ class ImaginedRolloutCallback(_IrisEpochCallback):
         return True
 
 
+#: One recorded vector-env step: observations, actions, rewards, terminations and dones, one row per env.
+RecordedStep = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def segments_from_steps(
+    steps: Sequence[RecordedStep], length: int, n_segments: int, rng: np.random.Generator
+) -> Optional[dict[str, np.ndarray]]:
+    """Cut recorded vector-env steps into world-model segments, as training sees them (right-padded, with a mask).
+
+    Each env's steps are split at episode ends (``dones``), then into pieces of at most ``length`` steps; up to
+    ``n_segments`` pieces, chosen at random, are returned.
+
+    :param steps: the steps in time order, each ``(observations, actions, rewards, terminations, dones)`` with one row
+        per env
+    :param length: steps per segment
+    :param n_segments: most segments returned
+    :param rng: chooses the segments
+    :return: ``observations`` ``(N, length, ...)``, ``actions``, ``rewards``, ``terminations`` and ``mask`` ``(N,
+        length)``; None when there are no steps
+    """
+    if not steps:
+        return None
+    obs, actions, rewards, terminations, dones = (np.stack(x, axis=1) for x in zip(*steps))  # (E, T, ...)
+    pieces = []
+    for env in range(obs.shape[0]):
+        start = 0
+        boundaries = [int(t) + 1 for t in np.flatnonzero(dones[env])]
+        for stop in [*boundaries, obs.shape[1]]:
+            for s in range(start, stop, length):
+                pieces.append((env, s, min(s + length, stop)))
+            start = stop
+    chosen = rng.permutation(len(pieces))[:n_segments]
+    n = len(chosen)
+    batch = {
+        "observations": np.zeros((n, length, *obs.shape[2:]), dtype=obs.dtype),
+        "actions": np.zeros((n, length), dtype=np.int64),
+        "rewards": np.zeros((n, length), dtype=np.float32),
+        "terminations": np.zeros((n, length), dtype=bool),
+        "mask": np.zeros((n, length), dtype=bool),
+    }
+    for i, index in enumerate(chosen):
+        env, s, e = pieces[index]
+        k = e - s
+        batch["observations"][i, :k] = obs[env, s:e]
+        batch["actions"][i, :k] = actions[env, s:e]
+        batch["rewards"][i, :k] = rewards[env, s:e]
+        batch["terminations"][i, :k] = terminations[env, s:e]
+        batch["mask"][i, :k] = True
+    return batch
+
+
 class WorldModelEvalCallback(_IrisEpochCallback):
     """Evaluate the world model and the tokenizer on fresh real data that they have never been trained on.
 
@@ -409,7 +460,7 @@ class WorldModelEvalCallback(_IrisEpochCallback):
         self.sequence_length = sequence_length
         self.rng = np.random.default_rng(seed)
         self._recording = False
-        self._steps: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._steps: list[RecordedStep] = []
         self.last_metrics: dict[str, float] = {}
 
     def _on_rollout_start(self) -> None:
@@ -446,41 +497,10 @@ class WorldModelEvalCallback(_IrisEpochCallback):
         self._recording = False
         self._steps = []
 
-    def _segments(self, length: int) -> Optional[dict[str, np.ndarray]]:
-        obs, actions, rewards, terminations, dones = (np.stack(x, axis=1) for x in zip(*self._steps))  # (E, T, ...)
-        pieces = []
-        for env in range(obs.shape[0]):
-            start = 0
-            boundaries = [int(t) + 1 for t in np.flatnonzero(dones[env])]
-            for stop in [*boundaries, obs.shape[1]]:
-                for s in range(start, stop, length):
-                    pieces.append((env, s, min(s + length, stop)))
-                start = stop
-        if not pieces:
-            return None
-        chosen = self.rng.permutation(len(pieces))[: self.n_segments]
-        n = len(chosen)
-        batch = {
-            "observations": np.zeros((n, length, *obs.shape[2:]), dtype=obs.dtype),
-            "actions": np.zeros((n, length), dtype=np.int64),
-            "rewards": np.zeros((n, length), dtype=np.float32),
-            "terminations": np.zeros((n, length), dtype=bool),
-            "mask": np.zeros((n, length), dtype=bool),
-        }
-        for i, index in enumerate(chosen):
-            env, s, e = pieces[index]
-            k = e - s
-            batch["observations"][i, :k] = obs[env, s:e]
-            batch["actions"][i, :k] = actions[env, s:e]
-            batch["rewards"][i, :k] = rewards[env, s:e]
-            batch["terminations"][i, :k] = terminations[env, s:e]
-            batch["mask"][i, :k] = True
-        return batch
-
     def _log_epoch(self, final: bool) -> bool:
         world_model = self.model.policy.world_model
         length = int(self.sequence_length or self.model.sequence_length)
-        batch = self._segments(min(length, world_model.config.max_blocks))
+        batch = segments_from_steps(self._steps, min(length, world_model.config.max_blocks), self.n_segments, self.rng)
         if batch is None:
             return False
         metrics = self.evaluate_segments(**batch)

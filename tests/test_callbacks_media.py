@@ -20,7 +20,13 @@ from PIL import Image as PILImage
 from stable_baselines3.common.logger import configure
 
 from sb3_iris import IRIS
-from sb3_iris.callbacks import ImaginedRolloutCallback, ReconstructionCallback, WorldModelEvalCallback, eval_mode
+from sb3_iris.callbacks import (
+    ImaginedRolloutCallback,
+    ReconstructionCallback,
+    WorldModelEvalCallback,
+    eval_mode,
+    segments_from_steps,
+)
 from sb3_iris.visualize import (
     annotate,
     encode_gif,
@@ -217,6 +223,30 @@ def test_vector_observations_log_stats_without_video():
     assert {"iris/imagined_return", "iris/imagined_end_fraction", "iris/reconstruction_l1"} <= writer.keys
     assert "iris_eval/next_token_accuracy" in writer.keys
     assert "iris/reconstructions" not in writer.keys and "iris/imagined_rollouts" not in writer.keys
+
+
+def test_segments_from_steps_cut_at_episode_ends_and_right_padded():
+    # 2 envs x 7 steps; env 0 ends an episode at step 2 (truncated there: done but not terminated).
+    n_steps, n_envs = 7, 2
+    steps = []
+    for t in range(n_steps):
+        observations = np.array([[100 * env + t] for env in range(n_envs)], dtype=np.int64)  # env and time
+        dones = np.array([t == 2, False])
+        steps.append(
+            (observations, np.full(n_envs, t), np.full(n_envs, 0.5, np.float32), np.zeros(n_envs, bool), dones)
+        )
+    batch = segments_from_steps(steps, length=3, n_segments=100, rng=np.random.default_rng(0))
+    # env 0: [0, 3) then [3, 6), [6, 7); env 1: [0, 3), [3, 6), [6, 7)
+    pieces = sorted(tuple(row[mask].ravel().tolist()) for row, mask in zip(batch["observations"], batch["mask"]))
+    assert pieces == sorted([(0, 1, 2), (3, 4, 5), (6,), (100, 101, 102), (103, 104, 105), (106,)])
+    assert batch["mask"].sum(1).tolist().count(1) == 2  # the two one-step pieces are right-padded
+    for row, actions, mask in zip(batch["observations"], batch["actions"], batch["mask"]):
+        assert mask[: mask.sum()].all()  # padding only after the real steps
+        np.testing.assert_array_equal(actions[mask], row[mask].ravel() % 100)
+        assert (batch["rewards"][~batch["mask"]] == 0).all()
+    fewer = segments_from_steps(steps, length=3, n_segments=2, rng=np.random.default_rng(0))
+    assert fewer["observations"].shape == (2, 3, 1)
+    assert segments_from_steps([], length=3, n_segments=2, rng=np.random.default_rng(0)) is None
 
 
 def test_every_n_epochs_and_wait_for_training():
