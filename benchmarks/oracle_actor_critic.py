@@ -1,0 +1,132 @@
+"""How many transitions does IRIS's actor-critic need with a perfect world model? Prints JSON lines.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.oracle_actor_critic \
+        --config benchmarks/probes/minatar_l8_exact_tokenizer.yml --updates 8000 --eval-every 500
+
+The actor-critic of an ``iris.yml``-style entry (``--config``: its ``actor_critic_kwargs``, ``gamma``, ``gae_lambda``,
+``ent_coef``, ``normalize_advantage``, ``imagination_horizon``, ``actor_critic_batch_size``, ``learning_rate`` and
+``max_grad_norm``) is trained exactly as IRIS trains it in imagination, with the same lambda-returns and loss
+(:func:`sb3_iris.nn.actor_critic.compute_lambda_returns`, :func:`~sb3_iris.nn.actor_critic.actor_critic_loss`),
+but its rollouts run in the real env (``actor_critic_batch_size`` envs, ``imagination_horizon`` steps per update,
+the envs continuing from one update to the next; an env that ends is reset) on the real frames, where IRIS uses the
+world model and the tokenizer's reconstructions. So this is the actor-critic's sample need with a perfect world
+model: if it needs N transitions here, IRIS needs at least N imagined transitions (a world model only adds error).
+Every ``--eval-every`` updates: ``--eval-episodes`` deterministic (argmax) episodes on a separate env.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.env_util import make_vec_env
+
+from benchmarks.imagination_throughput import entry_kwargs
+from sb3_iris.envs import import_env_modules
+from sb3_iris.nn.actor_critic import ActorCritic, ActorCriticConfig, actor_critic_loss, compute_lambda_returns
+from sb3_iris.run_config import load_wrappers, parse_wrapper_specs
+
+
+def frames_to_input(observations: np.ndarray) -> torch.Tensor:
+    """uint8 ``(B, H, W, C)`` frames -> float ``(B, C, H, W)`` in [-1, 1] (the conv tokenizer's input space)."""
+    return torch.as_tensor(observations).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def evaluate(actor_critic: ActorCritic, env: Any, episodes: int) -> float:
+    """Mean return of ``episodes`` deterministic (argmax) episodes on the 1-env vector env ``env``."""
+    returns, episode_return = [], 0.0
+    observations = env.reset()
+    state = actor_critic.initial_state(1)
+    while len(returns) < episodes:
+        with torch.no_grad():
+            action = actor_critic(frames_to_input(observations), state).logits.argmax(-1).numpy()
+        observations, rewards, dones, _ = env.step(action)
+        episode_return += float(rewards[0])
+        if dones[0]:
+            returns.append(episode_return)
+            episode_return = 0.0
+    return float(np.mean(returns))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="hyperparameter file holding the entry")
+    parser.add_argument("--env", default="MinAtar/Breakout-v1")
+    parser.add_argument("--updates", type=int, default=8000)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--normalize-advantage", choices=["on", "off"], default=None, help="override the entry's")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    kwargs, settings = entry_kwargs(args.env, args.config)
+    if args.env.startswith("MinAtar/"):
+        import_env_modules(["sb3_iris.minatar"])
+    (wrapper,) = load_wrappers(parse_wrapper_specs(settings.get("env_wrapper") or []))
+    batch, horizon = int(kwargs["actor_critic_batch_size"]), int(kwargs["imagination_horizon"])
+    env = make_vec_env(args.env, n_envs=batch, seed=args.seed, wrapper_class=wrapper)
+    eval_env = make_vec_env(args.env, n_envs=1, seed=10_000 + args.seed, wrapper_class=wrapper)
+    height, width, channels = env.observation_space.shape
+    config = ActorCriticConfig(
+        num_actions=int(env.action_space.n),
+        observation_shape=(channels, height, width),
+        **kwargs["policy_kwargs"].get("actor_critic_kwargs", {}),
+    )
+    if config.recurrent:
+        raise ValueError("this probe resets no LSTM state between episodes: use an entry with recurrent=False")
+    actor_critic = ActorCritic(config)
+    optimizer = torch.optim.Adam(actor_critic.parameters(), lr=float(kwargs.get("learning_rate", 1e-4)))
+    gamma, lambda_ = float(kwargs.get("gamma", 0.995)), float(kwargs.get("gae_lambda", 0.95))
+    ent_coef, max_grad_norm = float(kwargs.get("ent_coef", 0.001)), float(kwargs.get("max_grad_norm", 10.0))
+    normalize = bool(kwargs.get("normalize_advantage", False))
+    if args.normalize_advantage is not None:
+        normalize = args.normalize_advantage == "on"
+    state = actor_critic.initial_state(batch)
+    observations = env.reset()
+    start = time.perf_counter()
+    for update in range(args.updates + 1):
+        if update % args.eval_every == 0:
+            entry = dict(
+                updates=update,
+                transitions=update * batch * horizon,
+                eval_mean_return=evaluate(actor_critic, eval_env, args.eval_episodes),
+                seconds=round(time.perf_counter() - start, 1),
+            )
+            print(json.dumps(entry), flush=True)
+        if update == args.updates:
+            break
+        logits, actions, values, rewards, ends = [], [], [], [], []
+        for _ in range(horizon):
+            output = actor_critic(frames_to_input(observations), state)
+            action = torch.distributions.Categorical(logits=output.logits.detach()).sample()
+            # An env that ends (terminated or truncated) is reset: its next frame starts a new episode, so the
+            # returns do not bootstrap across it.
+            observations, step_rewards, dones, _ = env.step(action.numpy())
+            logits.append(output.logits)
+            actions.append(action)
+            values.append(output.values)
+            rewards.append(torch.as_tensor(step_rewards, dtype=torch.float32))
+            ends.append(torch.as_tensor(dones))
+        logits_t, values_t = torch.stack(logits, 1), torch.stack(values, 1)
+        returns = compute_lambda_returns(
+            torch.stack(rewards, 1), values_t.detach(), torch.stack(ends, 1), gamma, lambda_
+        )
+        losses = actor_critic_loss(
+            logits_t[:, :-1], torch.stack(actions, 1)[:, :-1], values_t[:, :-1], returns[:, :-1], ent_coef, normalize
+        )
+        optimizer.zero_grad()
+        losses.total.backward()
+        torch.nn.utils.clip_grad_norm_(actor_critic.parameters(), max_grad_norm)
+        optimizer.step()
+        if update % args.eval_every == 0:
+            print(json.dumps(dict(updates=update, entropy=round(losses.entropy.item(), 4))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
