@@ -60,6 +60,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--normalize-advantage", choices=["on", "off"], default=None, help="override the entry's")
+    parser.add_argument("--learning-rate", type=float, default=None, help="override the entry's")
+    parser.add_argument("--ent-coef", type=float, default=None, help="override the entry's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -81,9 +83,11 @@ def main() -> None:
     if config.recurrent:
         raise ValueError("this probe resets no LSTM state between episodes: use an entry with recurrent=False")
     actor_critic = ActorCritic(config)
-    optimizer = torch.optim.Adam(actor_critic.parameters(), lr=float(kwargs.get("learning_rate", 1e-4)))
+    learning_rate = args.learning_rate if args.learning_rate is not None else float(kwargs.get("learning_rate", 1e-4))
+    optimizer = torch.optim.Adam(actor_critic.parameters(), lr=learning_rate)
     gamma, lambda_ = float(kwargs.get("gamma", 0.995)), float(kwargs.get("gae_lambda", 0.95))
-    ent_coef, max_grad_norm = float(kwargs.get("ent_coef", 0.001)), float(kwargs.get("max_grad_norm", 10.0))
+    ent_coef = args.ent_coef if args.ent_coef is not None else float(kwargs.get("ent_coef", 0.001))
+    max_grad_norm = float(kwargs.get("max_grad_norm", 10.0))
     normalize = bool(kwargs.get("normalize_advantage", False))
     if args.normalize_advantage is not None:
         normalize = args.normalize_advantage == "on"
