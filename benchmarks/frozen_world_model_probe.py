@@ -83,9 +83,14 @@ def paddle_check(
     return result
 
 
+def ball_mask(frames: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W)`` True where Breakout's ball is (red: channel 0 > 0.5, channels 1 and 2 < 0) in ``(B, 3, H, W)``."""
+    return (frames[:, 0] > 0.5) & (frames[:, 1] < 0) & (frames[:, 2] < 0)
+
+
 def ball_columns(frames: torch.Tensor) -> np.ndarray:
-    """Column of Breakout's ball (red: channel 0 > 0.5, channels 1 and 2 < 0) in each frame; NaN if none."""
-    red = (frames[:, 0] > 0.5) & (frames[:, 1] < 0) & (frames[:, 2] < 0)  # (B, H, W)
+    """Column of Breakout's ball (:func:`ball_mask`) in each frame; NaN if none."""
+    red = ball_mask(frames)
     columns = torch.arange(red.shape[-1], dtype=torch.float32)
     found = red.flatten(1).any(1)
     mean_column = (red.float().sum(1) * columns).sum(-1) / red.float().sum((1, 2)).clamp(min=1)

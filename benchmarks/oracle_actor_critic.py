@@ -63,7 +63,6 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=None, help="override the entry's")
     parser.add_argument("--ent-coef", type=float, default=None, help="override the entry's")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)

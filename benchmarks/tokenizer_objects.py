@@ -34,7 +34,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from benchmarks.frozen_world_model_probe import ball_columns, paddle_columns, paddle_row
+from benchmarks.frozen_world_model_probe import ball_columns, ball_mask, paddle_columns, paddle_row
 from benchmarks.imagination_throughput import entry_kwargs
 from sb3_iris.minatar import MinAtarImageWrapper
 from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig
@@ -98,8 +98,8 @@ def exact_frames(truth: torch.Tensor, reconstruction: torch.Tensor) -> torch.Ten
 
 
 def ball_rows(frames: torch.Tensor) -> np.ndarray:
-    """Row of Breakout's ball (red, as :func:`ball_columns`) in each frame ``(B, 3, H, W)``; -1 if none."""
-    red = (frames[:, 0] > 0.5) & (frames[:, 1] < 0) & (frames[:, 2] < 0)
+    """Row of Breakout's ball (:func:`ball_mask`) in each frame ``(B, 3, H, W)``; -1 if none."""
+    red = ball_mask(frames)
     rows = torch.arange(red.shape[1]).view(1, -1).expand(len(red), -1)
     return torch.where(red.any(2), rows, torch.full_like(rows, -1)).max(1).values.numpy()
 
