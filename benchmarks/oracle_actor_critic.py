@@ -52,6 +52,116 @@ def evaluate(actor_critic: ActorCritic, env: Any, episodes: int) -> float:
     return float(np.mean(returns))
 
 
+def rollout(
+    actor_critic: ActorCritic, env: Any, observations: np.ndarray, state: Any, horizon: int
+) -> tuple[dict[str, torch.Tensor], np.ndarray, Any]:
+    """``horizon`` steps of the sampled policy in the real vector env ``env`` (an env that ends is reset: its next
+    frame starts a new episode, so the returns do not bootstrap across it). The logits and values keep their graph."""
+    frames, logits, actions, values, rewards, ends = [], [], [], [], [], []
+    for _ in range(horizon):
+        inputs = frames_to_input(observations)
+        output = actor_critic(inputs, state)
+        action = torch.distributions.Categorical(logits=output.logits.detach()).sample()
+        observations, step_rewards, dones, _ = env.step(action.numpy())
+        frames.append(inputs)
+        logits.append(output.logits)
+        actions.append(action)
+        values.append(output.values)
+        rewards.append(torch.as_tensor(step_rewards, dtype=torch.float32))
+        ends.append(torch.as_tensor(dones))
+    batch = dict(
+        frames=torch.stack(frames, 1),
+        logits=torch.stack(logits, 1),
+        actions=torch.stack(actions, 1),
+        values=torch.stack(values, 1),
+        rewards=torch.stack(rewards, 1),
+        ends=torch.stack(ends, 1),
+    )
+    return batch, observations, state
+
+
+def reinforce_update(
+    actor_critic: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    env: Any,
+    observations: np.ndarray,
+    state: Any,
+    horizon: int,
+    gamma: float,
+    lambda_: float,
+    ent_coef: float,
+    normalize: bool,
+    max_grad_norm: float,
+) -> tuple[np.ndarray, Any, float]:
+    """One rollout and IRIS's one REINFORCE step on it; returns the next frames, the state and the entropy."""
+    batch, observations, state = rollout(actor_critic, env, observations, state, horizon)
+    returns = compute_lambda_returns(batch["rewards"], batch["values"].detach(), batch["ends"], gamma, lambda_)
+    losses = actor_critic_loss(
+        batch["logits"][:, :-1],
+        batch["actions"][:, :-1],
+        batch["values"][:, :-1],
+        returns[:, :-1],
+        ent_coef,
+        normalize,
+    )
+    optimizer.zero_grad()
+    losses.total.backward()
+    torch.nn.utils.clip_grad_norm_(actor_critic.parameters(), max_grad_norm)
+    optimizer.step()
+    return observations, state, losses.entropy.item()
+
+
+def ppo_update(
+    actor_critic: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    env: Any,
+    observations: np.ndarray,
+    state: Any,
+    horizon: int,
+    gamma: float,
+    lambda_: float,
+    ent_coef: float,
+    normalize: bool,
+    max_grad_norm: float,
+    epochs: int,
+    minibatches: int,
+    clip_range: float,
+) -> tuple[np.ndarray, Any, float]:
+    """One rollout, then ``epochs`` PPO-clipped passes over it in ``minibatches`` shuffled minibatches (the lambda-
+    returns and advantages computed once, from the rollout's values); returns the next frames, state and entropy."""
+    batch, observations, state = rollout(actor_critic, env, observations, state, horizon)
+    values = batch["values"].detach()
+    returns = compute_lambda_returns(batch["rewards"], values, batch["ends"], gamma, lambda_)[:, :-1].reshape(-1)
+    frames = batch["frames"][:, :-1].reshape(-1, *batch["frames"].shape[2:])
+    actions = batch["actions"][:, :-1].reshape(-1)
+    old_log_probs = (
+        torch.log_softmax(batch["logits"][:, :-1].detach(), -1)
+        .reshape(-1, batch["logits"].shape[-1])
+        .gather(-1, actions.unsqueeze(-1))
+        .squeeze(-1)
+    )
+    advantages = returns - values[:, :-1].reshape(-1)
+    if normalize:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    entropy = 0.0
+    for _ in range(epochs):
+        for indices in torch.randperm(len(actions)).chunk(minibatches):
+            output = actor_critic(frames[indices], actor_critic.initial_state(len(indices)))
+            log_probs = torch.log_softmax(output.logits, -1)
+            ratio = (log_probs.gather(-1, actions[indices].unsqueeze(-1)).squeeze(-1) - old_log_probs[indices]).exp()
+            surrogate = torch.min(
+                ratio * advantages[indices], ratio.clamp(1 - clip_range, 1 + clip_range) * advantages[indices]
+            )
+            entropy_t = -(log_probs.exp() * log_probs).sum(-1).mean()
+            loss = -surrogate.mean() - ent_coef * entropy_t + (output.values - returns[indices]).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(actor_critic.parameters(), max_grad_norm)
+            optimizer.step()
+            entropy = entropy_t.item()
+    return observations, state, entropy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="hyperparameter file holding the entry")
@@ -63,6 +173,16 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=None, help="override the entry's")
     parser.add_argument("--ent-coef", type=float, default=None, help="override the entry's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--horizon", type=int, default=None, help="override the entry's imagination_horizon")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the entry's actor_critic_batch_size")
+    parser.add_argument(
+        "--update-epochs",
+        type=int,
+        default=0,
+        help="0: IRIS's one REINFORCE step per rollout; N >= 1: N PPO-clipped epochs over each rollout",
+    )
+    parser.add_argument("--minibatches", type=int, default=4, help="minibatches per epoch with --update-epochs")
+    parser.add_argument("--clip-range", type=float, default=0.2, help="PPO clip range with --update-epochs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -70,7 +190,8 @@ def main() -> None:
     if args.env.startswith("MinAtar/"):
         import_env_modules(["sb3_iris.minatar"])
     (wrapper,) = load_wrappers(parse_wrapper_specs(settings.get("env_wrapper") or []))
-    batch, horizon = int(kwargs["actor_critic_batch_size"]), int(kwargs["imagination_horizon"])
+    batch = args.batch_size or int(kwargs["actor_critic_batch_size"])
+    horizon = args.horizon or int(kwargs["imagination_horizon"])
     env = make_vec_env(args.env, n_envs=batch, seed=args.seed, wrapper_class=wrapper)
     eval_env = make_vec_env(args.env, n_envs=1, seed=10_000 + args.seed, wrapper_class=wrapper)
     height, width, channels = env.observation_space.shape
@@ -104,31 +225,39 @@ def main() -> None:
             print(json.dumps(entry), flush=True)
         if update == args.updates:
             break
-        logits, actions, values, rewards, ends = [], [], [], [], []
-        for _ in range(horizon):
-            output = actor_critic(frames_to_input(observations), state)
-            action = torch.distributions.Categorical(logits=output.logits.detach()).sample()
-            # An env that ends (terminated or truncated) is reset: its next frame starts a new episode, so the
-            # returns do not bootstrap across it.
-            observations, step_rewards, dones, _ = env.step(action.numpy())
-            logits.append(output.logits)
-            actions.append(action)
-            values.append(output.values)
-            rewards.append(torch.as_tensor(step_rewards, dtype=torch.float32))
-            ends.append(torch.as_tensor(dones))
-        logits_t, values_t = torch.stack(logits, 1), torch.stack(values, 1)
-        returns = compute_lambda_returns(
-            torch.stack(rewards, 1), values_t.detach(), torch.stack(ends, 1), gamma, lambda_
-        )
-        losses = actor_critic_loss(
-            logits_t[:, :-1], torch.stack(actions, 1)[:, :-1], values_t[:, :-1], returns[:, :-1], ent_coef, normalize
-        )
-        optimizer.zero_grad()
-        losses.total.backward()
-        torch.nn.utils.clip_grad_norm_(actor_critic.parameters(), max_grad_norm)
-        optimizer.step()
+        if args.update_epochs:
+            observations, state, entropy = ppo_update(
+                actor_critic,
+                optimizer,
+                env,
+                observations,
+                state,
+                horizon,
+                gamma,
+                lambda_,
+                ent_coef,
+                normalize,
+                max_grad_norm,
+                args.update_epochs,
+                args.minibatches,
+                args.clip_range,
+            )
+        else:
+            observations, state, entropy = reinforce_update(
+                actor_critic,
+                optimizer,
+                env,
+                observations,
+                state,
+                horizon,
+                gamma,
+                lambda_,
+                ent_coef,
+                normalize,
+                max_grad_norm,
+            )
         if update % args.eval_every == 0:
-            print(json.dumps(dict(updates=update, entropy=round(losses.entropy.item(), 4))), flush=True)
+            print(json.dumps(dict(updates=update, entropy=round(entropy, 4))), flush=True)
 
 
 if __name__ == "__main__":

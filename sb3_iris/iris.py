@@ -26,7 +26,12 @@ from sb3_iris.progress import TrainingProgress, record_epoch, record_run_statist
 from sb3_iris.schedule import final_epochs
 from sb3_iris.spaces import check_env_spaces, check_spaces
 from sb3_iris.training import make_phases, train_epoch, train_phase
-from sb3_iris.validation import check_hyperparameters, check_networks_fit, check_total_timesteps
+from sb3_iris.validation import (
+    check_actor_critic_epochs,
+    check_hyperparameters,
+    check_networks_fit,
+    check_total_timesteps,
+)
 
 SelfIRIS = TypeVar("SelfIRIS", bound="IRIS")
 
@@ -70,6 +75,11 @@ class IRIS(IrisPersistence, IrisCollection):
     :param ent_coef: entropy weight of the actor loss (0.001 / 0.01)
     :param normalize_advantage: standardise the actor's advantages over each batch (False, as in IRIS; True helps
         dense-reward tasks such as CartPole, where returns are large while the value head catches up)
+    :param actor_critic_epochs: None: IRIS's one REINFORCE step on each imagined batch; an int N >= 1: N passes
+        over each imagined batch with PPO's clipped loss, in ``actor_critic_minibatches`` minibatches of its steps,
+        so each imagined transition teaches more (not in IRIS; a feed-forward actor only, ``recurrent=False``)
+    :param actor_critic_minibatches: minibatches per pass with ``actor_critic_epochs`` (4)
+    :param actor_critic_clip_range: PPO's clip range of the probability ratio with ``actor_critic_epochs`` (0.2)
     :param max_grad_norm: gradient-norm clip of the three optimisers (10)
     :param collect_epsilon: probability of a uniformly random action during collection (0.01)
     :param collect_temperature: policy temperature during collection (1.0)
@@ -141,6 +151,9 @@ class IRIS(IrisPersistence, IrisCollection):
         gae_lambda: float = 0.95,
         ent_coef: Optional[float] = None,
         normalize_advantage: bool = False,
+        actor_critic_epochs: Optional[int] = None,
+        actor_critic_minibatches: int = 4,
+        actor_critic_clip_range: float = 0.2,
         max_grad_norm: float = 10.0,
         collect_epsilon: float = 0.01,
         collect_temperature: float = 1.0,
@@ -204,6 +217,9 @@ class IRIS(IrisPersistence, IrisCollection):
         self.gae_lambda = gae_lambda
         self.ent_coef = ent_coef
         self.normalize_advantage = normalize_advantage
+        self.actor_critic_epochs = actor_critic_epochs
+        self.actor_critic_minibatches = actor_critic_minibatches
+        self.actor_critic_clip_range = actor_critic_clip_range
         self.max_grad_norm = max_grad_norm
         self.collect_epsilon = collect_epsilon
         self.collect_temperature = collect_temperature
@@ -255,6 +271,7 @@ class IRIS(IrisPersistence, IrisCollection):
         self.policy = self.policy.to(self.device)
         configure_modules(self.performance, self.policy.tokenizer, self.policy.actor_critic)
         self.policy.make_optimizers(self.lr_schedule, fused=bool(self.performance.fused_optimizers))
+        check_actor_critic_epochs(self.actor_critic_epochs, self.policy.actor_critic.config)
         check_networks_fit(
             self.policy.world_model.config, self.sequence_length, self.imagination_horizon, self.performance
         )

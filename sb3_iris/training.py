@@ -19,10 +19,16 @@ from typing import TYPE_CHECKING, Callable, Optional
 import numpy as np
 import torch
 
-from sb3_iris.nn.actor_critic import actor_critic_loss, compute_lambda_returns
+from sb3_iris.nn.actor_critic import (
+    ActorCriticLosses,
+    actor_critic_loss,
+    clipped_actor_critic_loss,
+    compute_lambda_returns,
+)
 from sb3_iris.nn.tokenizer import codebook_usage
 
 if TYPE_CHECKING:
+    from sb3_iris.imagination import ImaginationOutput
     from sb3_iris.iris import IRIS
     from sb3_iris.progress import TrainingProgress
 
@@ -181,19 +187,26 @@ def actor_critic_phase(model: IRIS) -> Phase:
     actor_critic = model.policy.actor_critic
 
     def update() -> dict[str, torch.Tensor]:
-        rollout = model.imagine(model.actor_critic_batch_size)
+        if model.actor_critic_epochs is not None:
+            with torch.no_grad():  # the passes recompute the logits and values from the frames the actor saw
+                rollout = model.imagine(model.actor_critic_batch_size, keep_observations=True)
+        else:
+            rollout = model.imagine(model.actor_critic_batch_size)
         returns = compute_lambda_returns(
             rollout.rewards.float(), rollout.values.detach().float(), rollout.ends, model.gamma, model.gae_lambda
         )
-        losses = actor_critic_loss(
-            rollout.logits[:, :-1],
-            rollout.actions[:, :-1],
-            rollout.values[:, :-1],
-            returns[:, :-1],
-            model.ent_coef,
-            normalize_advantage=model.normalize_advantage,
-        )
-        clip_and_step(losses.total, actor_critic, model.policy.actor_critic_optimizer, model.max_grad_norm)
+        if model.actor_critic_epochs is not None:
+            losses = clipped_passes(model, rollout, returns)
+        else:
+            losses = actor_critic_loss(
+                rollout.logits[:, :-1],
+                rollout.actions[:, :-1],
+                rollout.values[:, :-1],
+                returns[:, :-1],
+                model.ent_coef,
+                normalize_advantage=model.normalize_advantage,
+            )
+            clip_and_step(losses.total, actor_critic, model.policy.actor_critic_optimizer, model.max_grad_norm)
         return {
             **_losses(losses, ("total", "policy", "value", "entropy")),
             "imagined_return": returns[:, 0].mean(),
@@ -211,6 +224,47 @@ def actor_critic_phase(model: IRIS) -> Phase:
         "imagined_reward_per_step": "train/imagined_reward_per_step",
     }
     return Phase("actor_critic", model.actor_critic_updates_per_epoch, update, keys, actor_critic.train)
+
+
+def clipped_passes(model: IRIS, rollout: ImaginationOutput, returns: torch.Tensor) -> ActorCriticLosses:
+    """``model.actor_critic_epochs`` passes over one imagined batch, each in ``model.actor_critic_minibatches``
+    shuffled minibatches of its ``B x (H - 1)`` steps, with PPO's clipped loss (:func:`clipped_actor_critic_loss`;
+    not in IRIS). The returns and advantages are computed once, from the imagining values. A feed-forward actor
+    only (``recurrent=False``): each step is re-evaluated on the frame the actor saw, without an LSTM state.
+
+    :param model: the IRIS model
+    :param rollout: the imagined batch, with ``observations`` (``keep_observations=True``)
+    :param returns: ``(B, H)`` lambda-returns of the batch
+    :return: the mean of each loss over the minibatch steps
+    """
+    actor_critic, optimizer = model.policy.actor_critic, model.policy.actor_critic_optimizer
+    frames = rollout.observations[:, :-1].flatten(0, 1)
+    actions = rollout.actions[:, :-1].flatten(0, 1)
+    old_log_probs = torch.log_softmax(rollout.logits[:, :-1].float(), -1).flatten(0, 1)
+    old_log_probs = old_log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    step_returns = returns[:, :-1].flatten(0, 1)
+    advantages = step_returns - rollout.values[:, :-1].float().flatten(0, 1)
+    if model.normalize_advantage and advantages.numel() > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    steps: list[ActorCriticLosses] = []
+    for _ in range(model.actor_critic_epochs):
+        order = torch.randperm(len(actions), device=actions.device)
+        for indices in order.chunk(model.actor_critic_minibatches):
+            with model.autocast():
+                output = actor_critic(frames[indices], actor_critic.initial_state(len(indices)))
+            losses = clipped_actor_critic_loss(
+                output.logits,
+                actions[indices],
+                old_log_probs[indices],
+                output.values,
+                step_returns[indices],
+                advantages[indices],
+                model.ent_coef,
+                model.actor_critic_clip_range,
+            )
+            clip_and_step(losses.total, actor_critic, optimizer, model.max_grad_norm)
+            steps.append(ActorCriticLosses(*(value.detach() for value in losses)))
+    return ActorCriticLosses(*(torch.stack(values).mean() for values in zip(*steps)))
 
 
 #: The phases of an epoch, in order.

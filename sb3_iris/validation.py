@@ -18,6 +18,7 @@ import numpy as np
 from sb3_iris.schedule import check_final_training_epochs
 
 __all__ = [
+    "check_actor_critic_epochs",
     "check_env_step",
     "check_hyperparameters",
     "check_networks_fit",
@@ -255,7 +256,31 @@ def check_hyperparameters(model: Any) -> None:
     check_real("reconstruction_cache_gb", model.reconstruction_cache_gb, low=0.0)
     if model.replay_memory_budget_gb is not None:
         check_real("replay_memory_budget_gb", model.replay_memory_budget_gb, low=0.0, low_inclusive=False)
+    if model.actor_critic_epochs is not None:
+        check_integer("actor_critic_epochs", model.actor_critic_epochs, 1)
+    check_integer("actor_critic_minibatches", model.actor_critic_minibatches, 1)
+    steps = model.actor_critic_batch_size * (model.imagination_horizon - 1)
+    if model.actor_critic_minibatches > steps:
+        raise ValueError(
+            f"actor_critic_minibatches={model.actor_critic_minibatches} must be <= the steps of an imagined batch, "
+            f"actor_critic_batch_size * (imagination_horizon - 1) = {steps}"
+        )
+    check_real("actor_critic_clip_range", model.actor_critic_clip_range, low=0.0, low_inclusive=False)
     check_policy_kwargs(model.policy_kwargs)
+
+
+def check_actor_critic_epochs(actor_critic_epochs: Optional[int], actor_critic_config: Any) -> None:
+    """Refuse clipped passes (``actor_critic_epochs``) with a recurrent actor, whose steps cannot be re-evaluated
+    one by one without its LSTM states.
+
+    :param actor_critic_epochs: the IRIS argument (None: IRIS's one REINFORCE step)
+    :param actor_critic_config: the actor-critic's :class:`~sb3_iris.nn.actor_critic.ActorCriticConfig`
+    """
+    if actor_critic_epochs is not None and actor_critic_config.recurrent:
+        raise ValueError(
+            f"actor_critic_epochs={actor_critic_epochs} needs a feed-forward actor-critic: pass "
+            "policy_kwargs=dict(actor_critic_kwargs=dict(recurrent=False)), or actor_critic_epochs=None (IRIS)"
+        )
 
 
 def check_networks_fit(

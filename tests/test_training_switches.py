@@ -92,3 +92,91 @@ def test_tokenizer_learning_rate_sets_only_the_tokenizers_optimiser():
 def test_tokenizer_learning_rate_is_validated(value):
     with pytest.raises(ValueError, match="tokenizer_learning_rate"):
         IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, tokenizer_learning_rate=value))
+
+
+# --- actor_critic_epochs: several PPO-clipped passes over each imagined batch (not in IRIS) ---------------------
+
+
+def _feed_forward_image_kwargs(**overrides):
+    kwargs = tiny_iris_kwargs(image=True, **overrides)
+    kwargs["policy_kwargs"]["actor_critic_kwargs"]["recurrent"] = False
+    return kwargs
+
+
+def test_clipped_loss_first_pass_has_the_reinforce_gradient():
+    """With pi == pi_old the clipped surrogate's gradient is REINFORCE's with the same advantages."""
+    from sb3_iris.nn.actor_critic import actor_critic_loss, clipped_actor_critic_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4, requires_grad=True)
+    values = torch.randn(6, requires_grad=True)
+    actions, returns = torch.randint(0, 4, (6,)), torch.randn(6)
+    old_log_probs = torch.log_softmax(logits.detach(), -1).gather(-1, actions[:, None]).squeeze(-1)
+    clipped = clipped_actor_critic_loss(
+        logits, actions, old_log_probs, values, returns, returns - values.detach(), 0.01, 0.2
+    )
+    clipped_grads = torch.autograd.grad(clipped.total, (logits, values))
+    plain = actor_critic_loss(logits[None], actions[None], values[None], returns[None], 0.01)
+    plain_grads = torch.autograd.grad(plain.total, (logits, values))
+    for clipped_grad, plain_grad in zip(clipped_grads, plain_grads):
+        torch.testing.assert_close(clipped_grad, plain_grad)
+    torch.testing.assert_close(clipped.value, plain.value)
+    torch.testing.assert_close(clipped.entropy, plain.entropy)
+
+
+def test_clipped_loss_gives_no_policy_gradient_past_the_clip_range():
+    """A step whose ratio is past 1 + c with a positive advantage (or below 1 - c with a negative one) is clipped."""
+    from sb3_iris.nn.actor_critic import clipped_actor_critic_loss
+
+    logits = torch.tensor([[2.0, 0.0], [-2.0, 0.0]], requires_grad=True)
+    actions = torch.tensor([0, 0])
+    old_log_probs = torch.log(torch.tensor([0.5, 0.5]))  # ratios: 0.88 / 0.5 > 1.2 and 0.12 / 0.5 < 0.8
+    advantages = torch.tensor([1.0, -1.0])
+    losses = clipped_actor_critic_loss(
+        logits, actions, old_log_probs, torch.zeros(2), torch.zeros(2), advantages, 0.0, 0.2
+    )
+    (gradient,) = torch.autograd.grad(losses.policy, logits)
+    assert torch.count_nonzero(gradient) == 0
+    inside = clipped_actor_critic_loss(
+        logits, actions, old_log_probs, torch.zeros(2), torch.zeros(2), -advantages, 0.0, 0.2
+    )
+    (gradient,) = torch.autograd.grad(inside.policy, logits)
+    assert torch.count_nonzero(gradient) > 0  # the other signs are not clipped
+
+
+def test_actor_critic_epochs_take_epochs_times_minibatches_steps_per_update():
+    kwargs = _feed_forward_image_kwargs(actor_critic_epochs=3, actor_critic_minibatches=2)
+    model = IRIS("CnnPolicy", ColorBoxEnv(), seed=0, **kwargs)
+    optimizer = model.policy.actor_critic_optimizer
+    logger, writer = recording_logger()
+    model.set_logger(logger)
+    model.learn(model.n_steps_per_epoch)
+    steps = {int(state["step"]) for state in optimizer.state.values()}
+    assert steps == {3 * 2 * model.actor_critic_updates_per_epoch}
+    logged = [record for record in writer.records if "train/policy_loss" in record]
+    for key in ("train/actor_critic_loss", "train/policy_loss", "train/value_loss", "train/entropy"):
+        assert np.isfinite(logged[-1][key]), key
+
+
+def test_actor_critic_epochs_default_is_iris_one_step_per_update():
+    model = IRIS("CnnPolicy", ColorBoxEnv(), seed=0, **tiny_iris_kwargs(image=True))
+    assert model.actor_critic_epochs is None
+    model.learn(model.n_steps_per_epoch)
+    steps = {int(state["step"]) for state in model.policy.actor_critic_optimizer.state.values()}
+    assert steps == {model.actor_critic_updates_per_epoch}
+
+
+def test_actor_critic_epochs_refuse_a_recurrent_actor():
+    with pytest.raises(ValueError, match="actor_critic_epochs=2 needs a feed-forward actor-critic"):
+        IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, actor_critic_epochs=2))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("actor_critic_epochs", 0), ("actor_critic_epochs", 1.5), ("actor_critic_minibatches", 0),
+     ("actor_critic_minibatches", 9), ("actor_critic_clip_range", 0.0), ("actor_critic_clip_range", float("nan"))],
+)  # fmt: skip
+def test_actor_critic_epoch_arguments_are_validated(name, value):
+    # tiny batch: 4 imagined trajectories x (3 - 1) steps = 8 steps to split into minibatches
+    with pytest.raises(ValueError, match=f"{name}="):
+        IRIS("CnnPolicy", ColorBoxEnv(), **_feed_forward_image_kwargs(**{"actor_critic_epochs": 2, name: value}))

@@ -228,3 +228,41 @@ def actor_critic_loss(
     value_loss = F.mse_loss(values.float(), returns)
     total = policy_loss - ent_coef * entropy + value_loss
     return ActorCriticLosses(total, policy_loss, value_loss, entropy)
+
+
+def clipped_actor_critic_loss(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    advantages: torch.Tensor,
+    ent_coef: float,
+    clip_range: float,
+) -> ActorCriticLosses:
+    """PPO's clipped surrogate with IRIS's entropy bonus and MSE value loss (not in IRIS: for several passes over
+    one imagined batch, see ``IRIS(actor_critic_epochs=...)``):
+
+    ``L = -mean(min(r A, clip(r, 1 - c, 1 + c) A)) - ent_coef * mean(H(pi)) + mean((V - sg(G))^2)``, with
+    ``r = pi(a) / pi_old(a)``. When ``pi == pi_old`` (the first pass) its gradient equals :func:`actor_critic_loss`'s
+    with the same advantages.
+
+    :param logits: ``(N, A)`` policy logits of the current parameters
+    :param actions: ``(N,)`` actions taken
+    :param old_log_probs: ``(N,)`` log-probabilities of ``actions`` under the policy that imagined them
+    :param values: ``(N,)`` value estimates of the current parameters
+    :param returns: ``(N,)`` lambda-returns (treated as constants)
+    :param advantages: ``(N,)`` advantages (treated as constants), e.g. returns minus the imagining values
+    :param ent_coef: entropy weight
+    :param clip_range: ``c`` > 0
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    action_log_probs = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    advantages = advantages.detach()
+    ratio = torch.exp(action_log_probs - old_log_probs.detach())
+    surrogate = torch.min(ratio * advantages, ratio.clamp(1.0 - clip_range, 1.0 + clip_range) * advantages)
+    policy_loss = -surrogate.mean()
+    entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
+    value_loss = F.mse_loss(values.float(), returns.detach())
+    total = policy_loss - ent_coef * entropy + value_loss
+    return ActorCriticLosses(total, policy_loss, value_loss, entropy)
