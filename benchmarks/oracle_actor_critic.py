@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,15 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from benchmarks.imagination_throughput import entry_kwargs
 from sb3_iris.envs import import_env_modules
-from sb3_iris.nn.actor_critic import ActorCritic, ActorCriticConfig, actor_critic_loss, compute_lambda_returns
+from sb3_iris.imagination import ImaginationOutput
+from sb3_iris.nn.actor_critic import (
+    ActorCritic,
+    ActorCriticConfig,
+    actor_critic_loss,
+    compute_lambda_returns,
+)
 from sb3_iris.run_config import load_wrappers, parse_wrapper_specs
+from sb3_iris.training import ClippedPassSettings, clip_and_step, run_clipped_passes
 
 
 def frames_to_input(observations: np.ndarray) -> torch.Tensor:
@@ -80,86 +88,64 @@ def rollout(
     return batch, observations, state
 
 
-def reinforce_update(
-    actor_critic: ActorCritic,
-    optimizer: torch.optim.Optimizer,
-    env: Any,
-    observations: np.ndarray,
-    state: Any,
-    horizon: int,
-    gamma: float,
-    lambda_: float,
-    ent_coef: float,
-    normalize: bool,
-    max_grad_norm: float,
-) -> tuple[np.ndarray, Any, float]:
-    """One rollout and IRIS's one REINFORCE step on it; returns the next frames, the state and the entropy."""
-    batch, observations, state = rollout(actor_critic, env, observations, state, horizon)
-    returns = compute_lambda_returns(batch["rewards"], batch["values"].detach(), batch["ends"], gamma, lambda_)
-    losses = actor_critic_loss(
-        batch["logits"][:, :-1],
-        batch["actions"][:, :-1],
-        batch["values"][:, :-1],
-        returns[:, :-1],
-        ent_coef,
-        normalize,
-    )
-    optimizer.zero_grad()
-    losses.total.backward()
-    torch.nn.utils.clip_grad_norm_(actor_critic.parameters(), max_grad_norm)
-    optimizer.step()
-    return observations, state, losses.entropy.item()
+@dataclass
+class UpdateSettings:
+    """The actor-critic update's settings (the entry's, with the command line's overrides).
+
+    :param gamma: discount
+    :param lambda_: lambda of the lambda-returns
+    :param ent_coef: entropy weight
+    :param normalize: standardise the advantages over the batch
+    :param max_grad_norm: gradient-norm clip
+    :param epochs: 0: IRIS's one REINFORCE step per rollout; N: N clipped passes over it
+    :param minibatches: minibatches per clipped pass
+    :param clip_range: PPO's clip range
+    """
+
+    gamma: float
+    lambda_: float
+    ent_coef: float
+    normalize: bool
+    max_grad_norm: float
+    epochs: int = 0
+    minibatches: int = 4
+    clip_range: float = 0.2
 
 
-def ppo_update(
+def train_on_rollout(
     actor_critic: ActorCritic,
     optimizer: torch.optim.Optimizer,
-    env: Any,
-    observations: np.ndarray,
-    state: Any,
-    horizon: int,
-    gamma: float,
-    lambda_: float,
-    ent_coef: float,
-    normalize: bool,
-    max_grad_norm: float,
-    epochs: int,
-    minibatches: int,
-    clip_range: float,
-) -> tuple[np.ndarray, Any, float]:
-    """One rollout, then ``epochs`` PPO-clipped passes over it in ``minibatches`` shuffled minibatches (the lambda-
-    returns and advantages computed once, from the rollout's values); returns the next frames, state and entropy."""
-    batch, observations, state = rollout(actor_critic, env, observations, state, horizon)
+    batch: dict[str, torch.Tensor],
+    settings: UpdateSettings,
+) -> float:
+    """IRIS's one REINFORCE step on a rollout (``settings.epochs == 0``), or ``settings.epochs`` PPO-clipped passes
+    over it in ``settings.minibatches`` shuffled minibatches (:func:`sb3_iris.training.run_clipped_passes`, as IRIS's
+    ``actor_critic_epochs`` runs them on imagined frames). Returns the entropy (the mean over the passes' steps)."""
     values = batch["values"].detach()
-    returns = compute_lambda_returns(batch["rewards"], values, batch["ends"], gamma, lambda_)[:, :-1].reshape(-1)
-    frames = batch["frames"][:, :-1].reshape(-1, *batch["frames"].shape[2:])
-    actions = batch["actions"][:, :-1].reshape(-1)
-    old_log_probs = (
-        torch.log_softmax(batch["logits"][:, :-1].detach(), -1)
-        .reshape(-1, batch["logits"].shape[-1])
-        .gather(-1, actions.unsqueeze(-1))
-        .squeeze(-1)
+    returns = compute_lambda_returns(batch["rewards"], values, batch["ends"], settings.gamma, settings.lambda_)
+    if not settings.epochs:
+        losses = actor_critic_loss(
+            batch["logits"][:, :-1],
+            batch["actions"][:, :-1],
+            batch["values"][:, :-1],
+            returns[:, :-1],
+            settings.ent_coef,
+            settings.normalize,
+        )
+        clip_and_step(losses.total, actor_critic, optimizer, settings.max_grad_norm)
+        return losses.entropy.item()
+    trajectories = ImaginationOutput(
+        batch["actions"], batch["logits"], batch["values"], batch["rewards"], batch["ends"], batch["frames"]
     )
-    advantages = returns - values[:, :-1].reshape(-1)
-    if normalize:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    entropy = 0.0
-    for _ in range(epochs):
-        for indices in torch.randperm(len(actions)).chunk(minibatches):
-            output = actor_critic(frames[indices], actor_critic.initial_state(len(indices)))
-            log_probs = torch.log_softmax(output.logits, -1)
-            ratio = (log_probs.gather(-1, actions[indices].unsqueeze(-1)).squeeze(-1) - old_log_probs[indices]).exp()
-            surrogate = torch.min(
-                ratio * advantages[indices], ratio.clamp(1 - clip_range, 1 + clip_range) * advantages[indices]
-            )
-            entropy_t = -(log_probs.exp() * log_probs).sum(-1).mean()
-            loss = -surrogate.mean() - ent_coef * entropy_t + (output.values - returns[indices]).pow(2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(actor_critic.parameters(), max_grad_norm)
-            optimizer.step()
-            entropy = entropy_t.item()
-    return observations, state, entropy
+    passes = ClippedPassSettings(
+        settings.epochs,
+        settings.minibatches,
+        settings.clip_range,
+        settings.ent_coef,
+        settings.normalize,
+        settings.max_grad_norm,
+    )
+    return run_clipped_passes(actor_critic, optimizer, trajectories, returns, passes).entropy.item()
 
 
 def main() -> None:
@@ -205,12 +191,19 @@ def main() -> None:
     actor_critic = ActorCritic(config)
     learning_rate = args.learning_rate if args.learning_rate is not None else float(kwargs.get("learning_rate", 1e-4))
     optimizer = torch.optim.Adam(actor_critic.parameters(), lr=learning_rate)
-    gamma, lambda_ = float(kwargs.get("gamma", 0.995)), float(kwargs.get("gae_lambda", 0.95))
-    ent_coef = args.ent_coef if args.ent_coef is not None else float(kwargs.get("ent_coef", 0.001))
-    max_grad_norm = float(kwargs.get("max_grad_norm", 10.0))
     normalize = bool(kwargs.get("normalize_advantage", False))
     if args.normalize_advantage is not None:
         normalize = args.normalize_advantage == "on"
+    settings = UpdateSettings(
+        gamma=float(kwargs.get("gamma", 0.995)),
+        lambda_=float(kwargs.get("gae_lambda", 0.95)),
+        ent_coef=args.ent_coef if args.ent_coef is not None else float(kwargs.get("ent_coef", 0.001)),
+        normalize=normalize,
+        max_grad_norm=float(kwargs.get("max_grad_norm", 10.0)),
+        epochs=args.update_epochs,
+        minibatches=args.minibatches,
+        clip_range=args.clip_range,
+    )
     state = actor_critic.initial_state(batch)
     observations = env.reset()
     start = time.perf_counter()
@@ -225,37 +218,8 @@ def main() -> None:
             print(json.dumps(entry), flush=True)
         if update == args.updates:
             break
-        if args.update_epochs:
-            observations, state, entropy = ppo_update(
-                actor_critic,
-                optimizer,
-                env,
-                observations,
-                state,
-                horizon,
-                gamma,
-                lambda_,
-                ent_coef,
-                normalize,
-                max_grad_norm,
-                args.update_epochs,
-                args.minibatches,
-                args.clip_range,
-            )
-        else:
-            observations, state, entropy = reinforce_update(
-                actor_critic,
-                optimizer,
-                env,
-                observations,
-                state,
-                horizon,
-                gamma,
-                lambda_,
-                ent_coef,
-                normalize,
-                max_grad_norm,
-            )
+        batch_steps, observations, state = rollout(actor_critic, env, observations, state, horizon)
+        entropy = train_on_rollout(actor_critic, optimizer, batch_steps, settings)
         if update % args.eval_every == 0:
             print(json.dumps(dict(updates=update, entropy=round(entropy, 4))), flush=True)
 

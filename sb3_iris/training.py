@@ -13,6 +13,7 @@ trajectories imagined in the world model (lambda-returns, REINFORCE with a value
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -33,11 +34,13 @@ if TYPE_CHECKING:
     from sb3_iris.progress import TrainingProgress
 
 __all__ = [
+    "ClippedPassSettings",
     "Phase",
     "clip_and_step",
     "make_phases",
     "phase_metrics",
     "phase_runs",
+    "run_clipped_passes",
     "run_phase",
     "train_epoch",
     "train_phase",
@@ -226,31 +229,61 @@ def actor_critic_phase(model: IRIS) -> Phase:
     return Phase("actor_critic", model.actor_critic_updates_per_epoch, update, keys, actor_critic.train)
 
 
-def clipped_passes(model: IRIS, rollout: ImaginationOutput, returns: torch.Tensor) -> ActorCriticLosses:
-    """``model.actor_critic_epochs`` passes over one imagined batch, each in ``model.actor_critic_minibatches``
-    shuffled minibatches of its ``B x (H - 1)`` steps, with PPO's clipped loss (:func:`clipped_actor_critic_loss`;
-    not in IRIS). The returns and advantages are computed once, from the imagining values. A feed-forward actor
-    only (``recurrent=False``): each step is re-evaluated on the frame the actor saw, without an LSTM state.
+@dataclass
+class ClippedPassSettings:
+    """Settings of :func:`run_clipped_passes`.
 
-    :param model: the IRIS model
-    :param rollout: the imagined batch, with ``observations`` (``keep_observations=True``)
+    :param epochs: passes over the batch
+    :param minibatches: shuffled minibatches per pass
+    :param clip_range: PPO's clip range of the probability ratio
+    :param ent_coef: entropy weight
+    :param normalize_advantage: standardise the advantages over the batch
+    :param max_grad_norm: gradient-norm clip
+    """
+
+    epochs: int
+    minibatches: int
+    clip_range: float
+    ent_coef: float
+    normalize_advantage: bool
+    max_grad_norm: float
+
+
+def run_clipped_passes(
+    actor_critic: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rollout: ImaginationOutput,
+    returns: torch.Tensor,
+    settings: ClippedPassSettings,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> ActorCriticLosses:
+    """``settings.epochs`` passes over a batch of trajectories, each in ``settings.minibatches`` shuffled
+    minibatches of its ``B x (H - 1)`` steps, with PPO's clipped loss (:func:`clipped_actor_critic_loss`; not in
+    IRIS). The returns and advantages are computed once, from the batch's values. A feed-forward actor only
+    (``recurrent=False``): each step is re-evaluated on the frame the actor saw, without an LSTM state.
+
+    :param actor_critic: the feed-forward actor-critic
+    :param optimizer: its optimiser
+    :param rollout: the trajectories (imagined, or real ones in ``benchmarks/oracle_actor_critic.py``), with
+        ``observations``: ``(B, H, *obs_shape)`` the frames the actor saw
     :param returns: ``(B, H)`` lambda-returns of the batch
+    :param settings: the passes' settings
+    :param autocast: the context of the forward passes (mixed precision)
     :return: the mean of each loss over the minibatch steps
     """
-    actor_critic, optimizer = model.policy.actor_critic, model.policy.actor_critic_optimizer
     frames = rollout.observations[:, :-1].flatten(0, 1)
     actions = rollout.actions[:, :-1].flatten(0, 1)
-    old_log_probs = torch.log_softmax(rollout.logits[:, :-1].float(), -1).flatten(0, 1)
+    old_log_probs = torch.log_softmax(rollout.logits[:, :-1].detach().float(), -1).flatten(0, 1)
     old_log_probs = old_log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    step_returns = returns[:, :-1].flatten(0, 1)
-    advantages = step_returns - rollout.values[:, :-1].float().flatten(0, 1)
-    if model.normalize_advantage and advantages.numel() > 1:
+    step_returns = returns[:, :-1].detach().flatten(0, 1)
+    advantages = step_returns - rollout.values[:, :-1].detach().float().flatten(0, 1)
+    if settings.normalize_advantage and advantages.numel() > 1:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     steps: list[ActorCriticLosses] = []
-    for _ in range(model.actor_critic_epochs):
+    for _ in range(settings.epochs):
         order = torch.randperm(len(actions), device=actions.device)
-        for indices in order.chunk(model.actor_critic_minibatches):
-            with model.autocast():
+        for indices in order.chunk(settings.minibatches):
+            with autocast():
                 output = actor_critic(frames[indices], actor_critic.initial_state(len(indices)))
             losses = clipped_actor_critic_loss(
                 output.logits,
@@ -259,12 +292,28 @@ def clipped_passes(model: IRIS, rollout: ImaginationOutput, returns: torch.Tenso
                 output.values,
                 step_returns[indices],
                 advantages[indices],
-                model.ent_coef,
-                model.actor_critic_clip_range,
+                settings.ent_coef,
+                settings.clip_range,
             )
-            clip_and_step(losses.total, actor_critic, optimizer, model.max_grad_norm)
+            clip_and_step(losses.total, actor_critic, optimizer, settings.max_grad_norm)
             steps.append(ActorCriticLosses(*(value.detach() for value in losses)))
     return ActorCriticLosses(*(torch.stack(values).mean() for values in zip(*steps)))
+
+
+def clipped_passes(model: IRIS, rollout: ImaginationOutput, returns: torch.Tensor) -> ActorCriticLosses:
+    """:func:`run_clipped_passes` with ``model``'s actor-critic and settings (``actor_critic_epochs``,
+    ``actor_critic_minibatches``, ``actor_critic_clip_range``, ``ent_coef``, ``normalize_advantage``,
+    ``max_grad_norm``) on one imagined batch (``keep_observations=True``)."""
+    settings = ClippedPassSettings(
+        epochs=model.actor_critic_epochs,
+        minibatches=model.actor_critic_minibatches,
+        clip_range=model.actor_critic_clip_range,
+        ent_coef=model.ent_coef,
+        normalize_advantage=model.normalize_advantage,
+        max_grad_norm=model.max_grad_norm,
+    )
+    actor_critic, optimizer = model.policy.actor_critic, model.policy.actor_critic_optimizer
+    return run_clipped_passes(actor_critic, optimizer, rollout, returns, settings, model.autocast)
 
 
 #: The phases of an epoch, in order.
