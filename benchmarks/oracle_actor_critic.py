@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,11 +31,10 @@ from sb3_iris.imagination import ImaginationOutput
 from sb3_iris.nn.actor_critic import (
     ActorCritic,
     ActorCriticConfig,
-    actor_critic_loss,
     compute_lambda_returns,
 )
 from sb3_iris.run_config import load_wrappers, parse_wrapper_specs
-from sb3_iris.training import ClippedPassSettings, clip_and_step, run_clipped_passes
+from sb3_iris.training import ActorCriticUpdateSettings, train_actor_critic
 
 
 def frames_to_input(observations: np.ndarray) -> torch.Tensor:
@@ -62,9 +60,10 @@ def evaluate(actor_critic: ActorCritic, env: Any, episodes: int) -> float:
 
 def rollout(
     actor_critic: ActorCritic, env: Any, observations: np.ndarray, state: Any, horizon: int
-) -> tuple[dict[str, torch.Tensor], np.ndarray, Any]:
+) -> tuple[ImaginationOutput, np.ndarray, Any]:
     """``horizon`` steps of the sampled policy in the real vector env ``env`` (an env that ends is reset: its next
-    frame starts a new episode, so the returns do not bootstrap across it). The logits and values keep their graph."""
+    frame starts a new episode, so the returns do not bootstrap across it), in imagination's layout with the frames
+    the actor saw as ``observations``. The logits and values keep their graph."""
     frames, logits, actions, values, rewards, ends = [], [], [], [], [], []
     for _ in range(horizon):
         inputs = frames_to_input(observations)
@@ -77,75 +76,15 @@ def rollout(
         values.append(output.values)
         rewards.append(torch.as_tensor(step_rewards, dtype=torch.float32))
         ends.append(torch.as_tensor(dones))
-    batch = dict(
-        frames=torch.stack(frames, 1),
-        logits=torch.stack(logits, 1),
+    trajectories = ImaginationOutput(
         actions=torch.stack(actions, 1),
+        logits=torch.stack(logits, 1),
         values=torch.stack(values, 1),
         rewards=torch.stack(rewards, 1),
         ends=torch.stack(ends, 1),
+        observations=torch.stack(frames, 1),
     )
-    return batch, observations, state
-
-
-@dataclass
-class UpdateSettings:
-    """The actor-critic update's settings (the entry's, with the command line's overrides).
-
-    :param gamma: discount
-    :param lambda_: lambda of the lambda-returns
-    :param ent_coef: entropy weight
-    :param normalize: standardise the advantages over the batch
-    :param max_grad_norm: gradient-norm clip
-    :param epochs: 0: IRIS's one REINFORCE step per rollout; N: N clipped passes over it
-    :param minibatches: minibatches per clipped pass
-    :param clip_range: PPO's clip range
-    """
-
-    gamma: float
-    lambda_: float
-    ent_coef: float
-    normalize: bool
-    max_grad_norm: float
-    epochs: int = 0
-    minibatches: int = 4
-    clip_range: float = 0.2
-
-
-def train_on_rollout(
-    actor_critic: ActorCritic,
-    optimizer: torch.optim.Optimizer,
-    batch: dict[str, torch.Tensor],
-    settings: UpdateSettings,
-) -> float:
-    """IRIS's one REINFORCE step on a rollout (``settings.epochs == 0``), or ``settings.epochs`` PPO-clipped passes
-    over it in ``settings.minibatches`` shuffled minibatches (:func:`sb3_iris.training.run_clipped_passes`, as IRIS's
-    ``actor_critic_epochs`` runs them on imagined frames). Returns the entropy (the mean over the passes' steps)."""
-    values = batch["values"].detach()
-    returns = compute_lambda_returns(batch["rewards"], values, batch["ends"], settings.gamma, settings.lambda_)
-    if not settings.epochs:
-        losses = actor_critic_loss(
-            batch["logits"][:, :-1],
-            batch["actions"][:, :-1],
-            batch["values"][:, :-1],
-            returns[:, :-1],
-            settings.ent_coef,
-            settings.normalize,
-        )
-        clip_and_step(losses.total, actor_critic, optimizer, settings.max_grad_norm)
-        return losses.entropy.item()
-    trajectories = ImaginationOutput(
-        batch["actions"], batch["logits"], batch["values"], batch["rewards"], batch["ends"], batch["frames"]
-    )
-    passes = ClippedPassSettings(
-        settings.epochs,
-        settings.minibatches,
-        settings.clip_range,
-        settings.ent_coef,
-        settings.normalize,
-        settings.max_grad_norm,
-    )
-    return run_clipped_passes(actor_critic, optimizer, trajectories, returns, passes).entropy.item()
+    return trajectories, observations, state
 
 
 def main() -> None:
@@ -194,15 +133,14 @@ def main() -> None:
     normalize = bool(kwargs.get("normalize_advantage", False))
     if args.normalize_advantage is not None:
         normalize = args.normalize_advantage == "on"
-    settings = UpdateSettings(
-        gamma=float(kwargs.get("gamma", 0.995)),
-        lambda_=float(kwargs.get("gae_lambda", 0.95)),
-        ent_coef=args.ent_coef if args.ent_coef is not None else float(kwargs.get("ent_coef", 0.001)),
-        normalize=normalize,
-        max_grad_norm=float(kwargs.get("max_grad_norm", 10.0)),
-        epochs=args.update_epochs,
+    gamma, lambda_ = float(kwargs.get("gamma", 0.995)), float(kwargs.get("gae_lambda", 0.95))
+    settings = ActorCriticUpdateSettings(
+        epochs=args.update_epochs or None,  # None: IRIS's one REINFORCE step
         minibatches=args.minibatches,
         clip_range=args.clip_range,
+        ent_coef=args.ent_coef if args.ent_coef is not None else float(kwargs.get("ent_coef", 0.001)),
+        normalize_advantage=normalize,
+        max_grad_norm=float(kwargs.get("max_grad_norm", 10.0)),
     )
     state = actor_critic.initial_state(batch)
     observations = env.reset()
@@ -218,8 +156,12 @@ def main() -> None:
             print(json.dumps(entry), flush=True)
         if update == args.updates:
             break
-        batch_steps, observations, state = rollout(actor_critic, env, observations, state, horizon)
-        entropy = train_on_rollout(actor_critic, optimizer, batch_steps, settings)
+        trajectories, observations, state = rollout(actor_critic, env, observations, state, horizon)
+        returns = compute_lambda_returns(
+            trajectories.rewards, trajectories.values.detach(), trajectories.ends, gamma, lambda_
+        )
+        # The same update as IRIS's actor-critic phase (sb3_iris.training.train_actor_critic), on real frames.
+        entropy = train_actor_critic(actor_critic, optimizer, trajectories, returns, settings).entropy.item()
         if update % args.eval_every == 0:
             print(json.dumps(dict(updates=update, entropy=round(entropy, 4))), flush=True)
 

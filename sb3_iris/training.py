@@ -25,6 +25,8 @@ from sb3_iris.nn.actor_critic import (
     actor_critic_loss,
     clipped_actor_critic_loss,
     compute_lambda_returns,
+    standardize_advantages,
+    taken_action_log_probs,
 )
 from sb3_iris.nn.tokenizer import codebook_usage
 
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from sb3_iris.progress import TrainingProgress
 
 __all__ = [
-    "ClippedPassSettings",
+    "ActorCriticUpdateSettings",
     "Phase",
     "clip_and_step",
     "make_phases",
@@ -42,6 +44,7 @@ __all__ = [
     "phase_runs",
     "run_clipped_passes",
     "run_phase",
+    "train_actor_critic",
     "train_epoch",
     "train_phase",
 ]
@@ -188,28 +191,19 @@ def world_model_phase(model: IRIS) -> Phase:
 def actor_critic_phase(model: IRIS) -> Phase:
     """The actor-critic's phase: lambda-return losses on trajectories imagined in the world model."""
     actor_critic = model.policy.actor_critic
+    settings = actor_critic_update_settings(model)
 
     def update() -> dict[str, torch.Tensor]:
-        if model.actor_critic_epochs is not None:
-            with torch.no_grad():  # the passes recompute the logits and values from the frames the actor saw
-                rollout = model.imagine(model.actor_critic_batch_size, keep_observations=True)
-        else:
-            rollout = model.imagine(model.actor_critic_batch_size)
+        clipped = settings.epochs is not None
+        # The clipped passes recompute the logits and values from the frames the actor saw: no graph needed.
+        with torch.no_grad() if clipped else nullcontext():
+            rollout = model.imagine(model.actor_critic_batch_size, keep_observations=clipped)
         returns = compute_lambda_returns(
             rollout.rewards.float(), rollout.values.detach().float(), rollout.ends, model.gamma, model.gae_lambda
         )
-        if model.actor_critic_epochs is not None:
-            losses = clipped_passes(model, rollout, returns)
-        else:
-            losses = actor_critic_loss(
-                rollout.logits[:, :-1],
-                rollout.actions[:, :-1],
-                rollout.values[:, :-1],
-                returns[:, :-1],
-                model.ent_coef,
-                normalize_advantage=model.normalize_advantage,
-            )
-            clip_and_step(losses.total, actor_critic, model.policy.actor_critic_optimizer, model.max_grad_norm)
+        losses = train_actor_critic(
+            actor_critic, model.policy.actor_critic_optimizer, rollout, returns, settings, model.autocast
+        )
         return {
             **_losses(losses, ("total", "policy", "value", "entropy")),
             "imagined_return": returns[:, 0].mean(),
@@ -230,18 +224,19 @@ def actor_critic_phase(model: IRIS) -> Phase:
 
 
 @dataclass
-class ClippedPassSettings:
-    """Settings of :func:`run_clipped_passes`.
+class ActorCriticUpdateSettings:
+    """Settings of an actor-critic update (:func:`train_actor_critic`).
 
-    :param epochs: passes over the batch
-    :param minibatches: shuffled minibatches per pass
+    :param epochs: None: IRIS's one REINFORCE step on the batch; N: N PPO-clipped passes over it
+        (:func:`run_clipped_passes`)
+    :param minibatches: shuffled minibatches per clipped pass
     :param clip_range: PPO's clip range of the probability ratio
     :param ent_coef: entropy weight
     :param normalize_advantage: standardise the advantages over the batch
     :param max_grad_norm: gradient-norm clip
     """
 
-    epochs: int
+    epochs: Optional[int]
     minibatches: int
     clip_range: float
     ent_coef: float
@@ -249,15 +244,61 @@ class ClippedPassSettings:
     max_grad_norm: float
 
 
+def actor_critic_update_settings(model: IRIS) -> ActorCriticUpdateSettings:
+    """``model``'s actor-critic update settings (``actor_critic_epochs``, ``actor_critic_minibatches``,
+    ``actor_critic_clip_range``, ``ent_coef``, ``normalize_advantage``, ``max_grad_norm``)."""
+    return ActorCriticUpdateSettings(
+        epochs=model.actor_critic_epochs,
+        minibatches=model.actor_critic_minibatches,
+        clip_range=model.actor_critic_clip_range,
+        ent_coef=model.ent_coef,
+        normalize_advantage=model.normalize_advantage,
+        max_grad_norm=model.max_grad_norm,
+    )
+
+
+def train_actor_critic(
+    actor_critic: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rollout: ImaginationOutput,
+    returns: torch.Tensor,
+    settings: ActorCriticUpdateSettings,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> ActorCriticLosses:
+    """One actor-critic update on a batch of trajectories: IRIS's one REINFORCE step (``settings.epochs`` None;
+    the logits and values must carry their graph) or :func:`run_clipped_passes`.
+
+    :param actor_critic: the actor-critic
+    :param optimizer: its optimiser
+    :param rollout: the trajectories (imagined, or real ones in ``benchmarks/oracle_actor_critic.py``)
+    :param returns: ``(B, H)`` lambda-returns of the batch
+    :param settings: the update's settings
+    :param autocast: the context of the clipped passes' forward passes (mixed precision)
+    :return: the losses (for the clipped passes, their means over the minibatch steps)
+    """
+    if settings.epochs is not None:
+        return run_clipped_passes(actor_critic, optimizer, rollout, returns, settings, autocast)
+    losses = actor_critic_loss(
+        rollout.logits[:, :-1],
+        rollout.actions[:, :-1],
+        rollout.values[:, :-1],
+        returns[:, :-1],
+        settings.ent_coef,
+        normalize_advantage=settings.normalize_advantage,
+    )
+    clip_and_step(losses.total, actor_critic, optimizer, settings.max_grad_norm)
+    return losses
+
+
 def run_clipped_passes(
     actor_critic: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     rollout: ImaginationOutput,
     returns: torch.Tensor,
-    settings: ClippedPassSettings,
+    settings: ActorCriticUpdateSettings,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> ActorCriticLosses:
-    """``settings.epochs`` passes over a batch of trajectories, each in ``settings.minibatches`` shuffled
+    """``settings.epochs`` (an int) passes over a batch of trajectories, each in ``settings.minibatches`` shuffled
     minibatches of its ``B x (H - 1)`` steps, with PPO's clipped loss (:func:`clipped_actor_critic_loss`; not in
     IRIS). The returns and advantages are computed once, from the batch's values. A feed-forward actor only
     (``recurrent=False``): each step is re-evaluated on the frame the actor saw, without an LSTM state.
@@ -274,11 +315,11 @@ def run_clipped_passes(
     frames = rollout.observations[:, :-1].flatten(0, 1)
     actions = rollout.actions[:, :-1].flatten(0, 1)
     old_log_probs = torch.log_softmax(rollout.logits[:, :-1].detach().float(), -1).flatten(0, 1)
-    old_log_probs = old_log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    old_log_probs = taken_action_log_probs(old_log_probs, actions)
     step_returns = returns[:, :-1].detach().flatten(0, 1)
     advantages = step_returns - rollout.values[:, :-1].detach().float().flatten(0, 1)
-    if settings.normalize_advantage and advantages.numel() > 1:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    if settings.normalize_advantage:
+        advantages = standardize_advantages(advantages)
     steps: list[ActorCriticLosses] = []
     for _ in range(settings.epochs):
         order = torch.randperm(len(actions), device=actions.device)
@@ -298,22 +339,6 @@ def run_clipped_passes(
             clip_and_step(losses.total, actor_critic, optimizer, settings.max_grad_norm)
             steps.append(ActorCriticLosses(*(value.detach() for value in losses)))
     return ActorCriticLosses(*(torch.stack(values).mean() for values in zip(*steps)))
-
-
-def clipped_passes(model: IRIS, rollout: ImaginationOutput, returns: torch.Tensor) -> ActorCriticLosses:
-    """:func:`run_clipped_passes` with ``model``'s actor-critic and settings (``actor_critic_epochs``,
-    ``actor_critic_minibatches``, ``actor_critic_clip_range``, ``ent_coef``, ``normalize_advantage``,
-    ``max_grad_norm``) on one imagined batch (``keep_observations=True``)."""
-    settings = ClippedPassSettings(
-        epochs=model.actor_critic_epochs,
-        minibatches=model.actor_critic_minibatches,
-        clip_range=model.actor_critic_clip_range,
-        ent_coef=model.ent_coef,
-        normalize_advantage=model.normalize_advantage,
-        max_grad_norm=model.max_grad_norm,
-    )
-    actor_critic, optimizer = model.policy.actor_critic, model.policy.actor_critic_optimizer
-    return run_clipped_passes(actor_critic, optimizer, rollout, returns, settings, model.autocast)
 
 
 #: The phases of an epoch, in order.

@@ -197,6 +197,18 @@ def compute_lambda_returns(
     return returns
 
 
+def standardize_advantages(advantages: torch.Tensor) -> torch.Tensor:
+    """``(A - mean(A)) / (std(A) + 1e-8)`` over the whole batch; a batch of one is returned as it is."""
+    if advantages.numel() <= 1:
+        return advantages
+    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+
+def taken_action_log_probs(log_probs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities ``(...)`` of the taken ``actions`` ``(...)`` from log-probabilities ``(..., A)``."""
+    return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+
 def actor_critic_loss(
     logits: torch.Tensor,
     actions: torch.Tensor,
@@ -218,11 +230,11 @@ def actor_critic_loss(
         whose returns are large while the value head, a Linear over the LSTM output, catches up slowly)
     """
     log_probs = F.log_softmax(logits.float(), dim=-1)
-    action_log_probs = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    action_log_probs = taken_action_log_probs(log_probs, actions)
     returns = returns.detach()
     advantages = returns - values.detach()
-    if normalize_advantage and advantages.numel() > 1:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    if normalize_advantage:
+        advantages = standardize_advantages(advantages)
     policy_loss = -(action_log_probs * advantages).mean()
     entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
     value_loss = F.mse_loss(values.float(), returns)
@@ -257,7 +269,7 @@ def clipped_actor_critic_loss(
     :param clip_range: ``c`` > 0
     """
     log_probs = F.log_softmax(logits.float(), dim=-1)
-    action_log_probs = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    action_log_probs = taken_action_log_probs(log_probs, actions)
     advantages = advantages.detach()
     ratio = torch.exp(action_log_probs - old_log_probs.detach())
     surrogate = torch.min(ratio * advantages, ratio.clamp(1.0 - clip_range, 1.0 + clip_range) * advantages)
