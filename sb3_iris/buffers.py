@@ -357,6 +357,34 @@ class EpisodeReplayBuffer:
         times = starts + self.rng.integers(0, ends - starts)
         return envs, starts, ends, times
 
+    def _sample_recent_episodes(
+        self, batch_size: int, recent_time_steps: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Sample a step uniformly among the last ``recent_time_steps`` time steps of every env (each stored step
+        equally likely), with the episode that holds it.
+
+        :return: ``(env_indices, starts, ends, times)``, each ``(batch_size,)``
+        """
+        batch_size = _check_positive("batch_size", batch_size)
+        recent_time_steps = _check_positive("recent_time_steps", recent_time_steps)
+        if self.size() == 0:
+            raise ValueError(
+                f"cannot sample from an empty EpisodeReplayBuffer (n_steps={self.n_steps}): call add() first"
+            )
+        table_envs, table_starts, table_ends = self._episode_table()
+        # Episodes sorted by (env, start); the episode holding (env, t) is the last one of env starting at or before t.
+        stride = self._end + 1
+        keys = table_envs.astype(np.int64) * stride + table_starts
+        order = np.argsort(keys, kind="stable")
+        first_time = max(self._offset, self._end - recent_time_steps)
+        envs = self.rng.integers(0, self.n_envs, size=batch_size)
+        times = self.rng.integers(first_time, self._end, size=batch_size)
+        rows = order[np.searchsorted(keys[order], envs.astype(np.int64) * stride + times, side="right") - 1]
+        starts, ends = table_starts[rows], table_ends[rows]
+        if not (np.all(table_envs[rows] == envs) and np.all((starts <= times) & (times < ends))):
+            raise RuntimeError("replay episode table does not cover its recent steps: the buffer is corrupt")
+        return envs, starts, ends, times
+
     def _positions(self, time_indices: np.ndarray) -> np.ndarray:
         """Ring positions of absolute time indices (which must be stored)."""
         return (self._head + time_indices - self._offset) % max(self._capacity, 1)
@@ -391,7 +419,14 @@ class EpisodeReplayBuffer:
         envs, _, _, times = self._sample_episodes(batch_size)
         return self._observations[envs, self._positions(times)], envs, times
 
-    def sample_segments(self, batch_size: int, sequence_length: int, padding: str = "both") -> SegmentBatch:
+    def sample_segments(
+        self,
+        batch_size: int,
+        sequence_length: int,
+        padding: str = "both",
+        recent_fraction: float = 0.0,
+        recent_time_steps: Optional[int] = None,
+    ) -> SegmentBatch:
         """Sample segments of consecutive steps inside episodes: an episode uniformly, then a time ``t``
         uniformly inside it, then a segment at ``t`` that is padded (zeros, ``mask_padding`` False) where it
         runs past the episode's edges. The IRIS reference samples world-model segments with ``"right"``
@@ -403,12 +438,27 @@ class EpisodeReplayBuffer:
         :param padding: ``"right"``: the segment starts at ``t`` (world-model segments); ``"left"``: it
             ends at ``t``, so its last step is always real (burn-in contexts); ``"both"``: each of the two
             with probability 0.5 (not used by IRIS)
+        :param recent_fraction: share of the segments whose time ``t`` is drawn instead uniformly among the last
+            ``recent_time_steps`` steps of each env (0: IRIS's episode-uniform sampling only); their number is
+            ``round(recent_fraction * batch_size)``, and they come last in the batch
+        :param recent_time_steps: the recent window in time steps per env (required with ``recent_fraction > 0``)
         :return: the batch of segments
         """
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got padding={padding!r}")
         sequence_length = _check_positive("sequence_length", sequence_length)
-        envs, starts, ends, times = self._sample_episodes(batch_size)
+        batch_size = _check_positive("batch_size", batch_size)
+        if not 0.0 <= recent_fraction <= 1.0:
+            raise ValueError(f"recent_fraction must be in [0, 1], got recent_fraction={recent_fraction!r}")
+        n_recent = int(round(recent_fraction * batch_size))
+        if n_recent > 0 and recent_time_steps is None:
+            raise ValueError(f"recent_fraction={recent_fraction} needs recent_time_steps (time steps per env)")
+        parts = []
+        if n_recent < batch_size:
+            parts.append(self._sample_episodes(batch_size - n_recent))
+        if n_recent > 0:
+            parts.append(self._sample_recent_episodes(n_recent, recent_time_steps))
+        envs, starts, ends, times = (np.concatenate(values) for values in zip(*parts))
         if padding == "both":
             from_t = self.rng.random(len(times)) < 0.5
         else:

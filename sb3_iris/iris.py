@@ -6,6 +6,7 @@ train the tokenizer, the world model and the actor-critic (in imagination), each
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Optional, TypeVar, Union
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
-from sb3_iris.buffers import EpisodeReplayBuffer
+from sb3_iris.buffers import EpisodeReplayBuffer, SegmentBatch
 from sb3_iris.caches import FrozenTokenizerCache
 from sb3_iris.collection import IrisCollection
 from sb3_iris.defaults import apply_preset
@@ -80,6 +81,12 @@ class IRIS(IrisPersistence, IrisCollection):
         so each imagined transition teaches more (not in IRIS; a feed-forward actor only, ``recurrent=False``)
     :param actor_critic_minibatches: minibatches per pass with ``actor_critic_epochs`` (4)
     :param actor_critic_clip_range: PPO's clip range of the probability ratio with ``actor_critic_epochs`` (0.2)
+    :param world_model_recent_fraction: share of each world-model batch whose segments start at a step drawn
+        uniformly from the last ``recent_window_steps`` env transitions instead of IRIS's episode-uniform draw over
+        the whole replay, so the world model learns the states a newly improved policy reaches sooner (0.0: IRIS;
+        not in IRIS)
+    :param actor_critic_recent_fraction: the same for the real contexts imagination starts from (0.0: IRIS)
+    :param recent_window_steps: the recent window, in env transitions summed over the envs (5000)
     :param max_grad_norm: gradient-norm clip of the three optimisers (10)
     :param collect_epsilon: probability of a uniformly random action during collection (0.01)
     :param collect_temperature: policy temperature during collection (1.0)
@@ -154,6 +161,9 @@ class IRIS(IrisPersistence, IrisCollection):
         actor_critic_epochs: Optional[int] = None,
         actor_critic_minibatches: int = 4,
         actor_critic_clip_range: float = 0.2,
+        world_model_recent_fraction: float = 0.0,
+        actor_critic_recent_fraction: float = 0.0,
+        recent_window_steps: int = 5000,
         max_grad_norm: float = 10.0,
         collect_epsilon: float = 0.01,
         collect_temperature: float = 1.0,
@@ -220,6 +230,9 @@ class IRIS(IrisPersistence, IrisCollection):
         self.actor_critic_epochs = actor_critic_epochs
         self.actor_critic_minibatches = actor_critic_minibatches
         self.actor_critic_clip_range = actor_critic_clip_range
+        self.world_model_recent_fraction = world_model_recent_fraction
+        self.actor_critic_recent_fraction = actor_critic_recent_fraction
+        self.recent_window_steps = recent_window_steps
         self.max_grad_norm = max_grad_norm
         self.collect_epsilon = collect_epsilon
         self.collect_temperature = collect_temperature
@@ -332,12 +345,28 @@ class IRIS(IrisPersistence, IrisCollection):
     # Training
     # ----------------------------------------------------------------------------------------------
 
+    def sample_replay_segments(
+        self, batch_size: int, sequence_length: int, padding: str, recent_fraction: float
+    ) -> SegmentBatch:
+        """Replay segments, ``recent_fraction`` of them from the last ``recent_window_steps`` env transitions.
+
+        :param batch_size: number of segments
+        :param sequence_length: steps per segment
+        :param padding: ``"right"`` (world-model segments) or ``"left"`` (imagination contexts)
+        :param recent_fraction: ``world_model_recent_fraction`` or ``actor_critic_recent_fraction``
+        :return: the batch
+        """
+        recent_time_steps = max(1, math.ceil(self.recent_window_steps / self.n_envs))
+        return self.replay_buffer.sample_segments(
+            batch_size, sequence_length, padding, recent_fraction=recent_fraction, recent_time_steps=recent_time_steps
+        )
+
     def imagine(self, batch_size: int, keep_observations: bool = False):
         """Imagine ``batch_size`` trajectories from real replay contexts with the current networks.
 
         :return: the :class:`~sb3_iris.imagination.ImaginationOutput`
         """
-        batch = self.replay_buffer.sample_segments(batch_size, self.burn_in + 1, "left")
+        batch = self.sample_replay_segments(batch_size, self.burn_in + 1, "left", self.actor_critic_recent_fraction)
         context_tokens = self.segment_tokens(
             batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding
         )

@@ -164,7 +164,9 @@ def world_model_phase(model: IRIS) -> Phase:
         world_model.train()
 
     def update() -> dict[str, torch.Tensor]:
-        batch = model.replay_buffer.sample_segments(model.world_model_batch_size, model.sequence_length, "right")
+        batch = model.sample_replay_segments(
+            model.world_model_batch_size, model.sequence_length, "right", model.world_model_recent_fraction
+        )
         obs_tokens = model.tokenizer_cache.segment_tokens(
             batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding
         )

@@ -420,3 +420,60 @@ def test_token_table_bytes_count_in_the_replay_memory_budget():
     table.store([0], [buffer.time_range[0]], [[1, 2, 3]])
     assert buffer.nbytes == plain + buffer.size() * buffer.n_envs * (3 * 8 + 8)
     assert pickle.loads(pickle.dumps(buffer)).nbytes == plain
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("n_envs", [1, 3])
+def test_recent_segments_come_from_the_recent_window(padding, n_envs):
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, n_envs=n_envs, initial_capacity=16, seed=3)
+    episode_ids = fill(buffer, 300, done_prob=0.1)
+    batch = buffer.sample_segments(2000, 6, padding=padding, recent_fraction=0.5, recent_time_steps=20)
+    check_segments(batch, episode_ids, padding)
+    # The sampled time t is the first real step ("right") or the last ("left") of each segment.
+    anchor = 0 if padding == "right" else -1
+    anchors = np.array([batch.time_indices[b, batch.mask_padding[b]][anchor] for b in range(len(batch.time_indices))])
+    recent = anchors[-1000:]
+    assert recent.min() >= 280 and recent.max() < 300
+    # Each recent step is equally likely, whatever the length of its episode; each env is drawn.
+    counts = np.bincount(recent - 280, minlength=20)
+    assert counts.min() > 20 and counts.max() < 90  # 50 expected per step
+    assert set(batch.env_indices[-1000:, anchor]) == set(range(n_envs))
+    # The episode-uniform part covers the whole replay.
+    assert anchors[:1000].min() < 100
+
+
+def test_recent_sampling_after_eviction_and_with_an_ongoing_episode():
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, initial_capacity=4, buffer_size=12, seed=0)
+    end = add_episodes(buffer, [5, 5, 5, 5, 5])
+    for _ in range(3):  # an ongoing episode [25, 28)
+        buffer.add(vector_obs(end, 1), [0], [0.0], [False], [False])
+        end += 1
+    # A window wider than the replay holds only stored steps.
+    batch = buffer.sample_segments(200, 1, padding="left", recent_fraction=1.0, recent_time_steps=100)
+    assert set(batch.time_indices[:, 0]) == set(range(*buffer.time_range))
+    batch = buffer.sample_segments(200, 4, padding="right", recent_fraction=1.0, recent_time_steps=3)
+    np.testing.assert_array_equal(batch.time_indices[:, 0] >= 25, True)
+    np.testing.assert_array_equal(
+        batch.observations[..., 0][batch.mask_padding], batch.time_indices[batch.mask_padding] + 1
+    )
+
+
+def test_recent_sampling_errors():
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, seed=0)
+    with pytest.raises(ValueError, match="empty"):
+        buffer.sample_segments(4, 2, recent_fraction=1.0, recent_time_steps=5)
+    fill(buffer, 20)
+    with pytest.raises(ValueError, match="recent_fraction must be in"):
+        buffer.sample_segments(4, 2, recent_fraction=1.5, recent_time_steps=5)
+    with pytest.raises(ValueError, match="needs recent_time_steps"):
+        buffer.sample_segments(4, 2, recent_fraction=0.5)
+    with pytest.raises(ValueError, match="recent_time_steps"):
+        buffer.sample_segments(4, 2, recent_fraction=0.5, recent_time_steps=0)
+    # recent_fraction 0 draws exactly as before.
+    a = EpisodeReplayBuffer(VECTOR_SPACE, seed=5)
+    b = EpisodeReplayBuffer(VECTOR_SPACE, seed=5)
+    fill(a, 50), fill(b, 50)
+    np.testing.assert_array_equal(
+        a.sample_segments(32, 4, "right").time_indices,
+        b.sample_segments(32, 4, "right", recent_fraction=0.0, recent_time_steps=7).time_indices,
+    )

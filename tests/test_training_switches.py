@@ -180,3 +180,41 @@ def test_actor_critic_epoch_arguments_are_validated(name, value):
     # tiny batch: 4 imagined trajectories x (3 - 1) steps = 8 steps to split into minibatches
     with pytest.raises(ValueError, match=f"{name}="):
         IRIS("CnnPolicy", ColorBoxEnv(), **_feed_forward_image_kwargs(**{"actor_critic_epochs": 2, name: value}))
+
+
+def test_recent_fractions_reach_the_world_model_and_imagination_samplers():
+    model = IRIS(
+        "CnnPolicy",
+        ColorBoxEnv(),
+        seed=0,
+        **tiny_iris_kwargs(
+            image=True, world_model_recent_fraction=0.5, actor_critic_recent_fraction=1.0, recent_window_steps=7
+        ),
+    )
+    calls = []
+    sample_segments = model.replay_buffer.sample_segments
+
+    def recording_sample_segments(*args, **kwargs):
+        calls.append((args[2], kwargs["recent_fraction"], kwargs["recent_time_steps"]))
+        return sample_segments(*args, **kwargs)
+
+    model.replay_buffer.sample_segments = recording_sample_segments
+    model.learn(model.n_steps_per_epoch)
+    window = -(-7 // model.n_envs)
+    assert ("right", 0.5, window) in calls and ("left", 1.0, window) in calls
+    assert {(padding, fraction) for padding, fraction, _ in calls} == {("right", 0.5), ("left", 1.0)}
+
+
+def test_recent_fractions_default_to_iris_sampling():
+    model = IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True))
+    assert model.world_model_recent_fraction == 0.0 and model.actor_critic_recent_fraction == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("world_model_recent_fraction", -0.1), ("world_model_recent_fraction", 1.5),
+     ("actor_critic_recent_fraction", float("nan")), ("recent_window_steps", 0), ("recent_window_steps", 2.5)],
+)  # fmt: skip
+def test_recent_sampling_arguments_are_validated(name, value):
+    with pytest.raises(ValueError, match=f"{name}="):
+        IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, **{name: value}))
