@@ -341,16 +341,19 @@ class EpisodeReplayBuffer:
         ends = np.concatenate([completed[:, 2], np.full(len(ongoing_envs), self._end, dtype=np.int64)])
         return envs, starts, ends
 
+    def _check_not_empty(self) -> None:
+        if self.size() == 0:
+            raise ValueError(
+                f"cannot sample from an empty EpisodeReplayBuffer (n_steps={self.n_steps}): call add() first"
+            )
+
     def _sample_episodes(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Sample episodes uniformly, then a time uniformly inside each.
 
         :return: ``(env_indices, starts, ends, times)``, each ``(batch_size,)``
         """
         batch_size = _check_positive("batch_size", batch_size)
-        if self.size() == 0:
-            raise ValueError(
-                f"cannot sample from an empty EpisodeReplayBuffer (n_steps={self.n_steps}): call add() first"
-            )
+        self._check_not_empty()
         envs, starts, ends = self._episode_table()
         chosen = self.rng.integers(0, len(envs), size=batch_size)
         envs, starts, ends = envs[chosen], starts[chosen], ends[chosen]
@@ -367,10 +370,7 @@ class EpisodeReplayBuffer:
         """
         batch_size = _check_positive("batch_size", batch_size)
         recent_time_steps = _check_positive("recent_time_steps", recent_time_steps)
-        if self.size() == 0:
-            raise ValueError(
-                f"cannot sample from an empty EpisodeReplayBuffer (n_steps={self.n_steps}): call add() first"
-            )
+        self._check_not_empty()
         table_envs, table_starts, table_ends = self._episode_table()
         # Episodes sorted by (env, start); the episode holding (env, t) is the last one of env starting at or before t.
         stride = self._end + 1

@@ -472,7 +472,8 @@ def test_recent_sampling_errors():
     # recent_fraction 0 draws exactly as before.
     a = EpisodeReplayBuffer(VECTOR_SPACE, seed=5)
     b = EpisodeReplayBuffer(VECTOR_SPACE, seed=5)
-    fill(a, 50), fill(b, 50)
+    fill(a, 50)
+    fill(b, 50)
     np.testing.assert_array_equal(
         a.sample_segments(32, 4, "right").time_indices,
         b.sample_segments(32, 4, "right", recent_fraction=0.0, recent_time_steps=7).time_indices,
