@@ -3,7 +3,8 @@
 :class:`IrisCollection` is the part of :class:`~sb3_iris.iris.IRIS` that steps the training ``VecEnv`` (the SB3
 contract: ``num_timesteps``, callbacks with the locals ``new_obs``, ``rewards``, ``dones``, ``infos``): before each
 collection the actor's LSTM is burned in on the last ``burn_in`` frames of each env's ongoing episode, actions are
-sampled at ``collect_temperature`` with ``collect_epsilon`` random actions (IRIS), and every step is stored in the
+sampled at ``collect_temperature`` with ``collect_epsilon`` random actions (IRIS; optionally annealed, see
+:meth:`IrisCollection.current_collect_epsilon`), and every step is stored in the
 replay, also when a callback stops training or raises. It also makes the replay and readies it at the start of
 each ``learn()`` call (one per env count; the ongoing episodes closed when the envs restart).
 """
@@ -37,6 +38,8 @@ class IrisCollection(BaseAlgorithm):
     replay_buffer: EpisodeReplayBuffer
     burn_in: int
     collect_epsilon: float
+    collect_epsilon_initial: Optional[float]
+    collect_epsilon_decay_steps: int
     collect_temperature: float
     last_collection_seconds: float
     buffer_size: Optional[int]
@@ -88,6 +91,15 @@ class IrisCollection(BaseAlgorithm):
         reconstructions = reconstructions.view(self.n_envs, length, *reconstructions.shape[1:])
         return policy.actor_critic.burn_in(reconstructions, self.to_tensor(mask), state)
 
+    def current_collect_epsilon(self) -> float:
+        """Probability of a uniformly random action at the current ``num_timesteps``: ``collect_epsilon`` (IRIS), or,
+        with ``collect_epsilon_initial`` set, a linear fall from it to ``collect_epsilon`` over the first
+        ``collect_epsilon_decay_steps`` env steps."""
+        if self.collect_epsilon_initial is None:
+            return self.collect_epsilon
+        progress = min(1.0, self.num_timesteps / self.collect_epsilon_decay_steps)
+        return self.collect_epsilon_initial + progress * (self.collect_epsilon - self.collect_epsilon_initial)
+
     def _sample_collection_actions(self, episode_starts: np.ndarray) -> np.ndarray:
         policy = self.policy
         assert self._collection_state is not None
@@ -97,7 +109,7 @@ class IrisCollection(BaseAlgorithm):
             observations, self._collection_state, starts, temperature=self.collect_temperature
         )
         actions_np = actions.cpu().numpy()
-        explore = np.random.random_sample(self.n_envs) < self.collect_epsilon
+        explore = np.random.random_sample(self.n_envs) < self.current_collect_epsilon()
         if explore.any():
             actions_np[explore] = np.random.randint(self.action_space.n, size=int(explore.sum()))
         return actions_np

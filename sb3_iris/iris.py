@@ -89,6 +89,11 @@ class IRIS(IrisPersistence, IrisCollection):
     :param recent_window_steps: the recent window, in env transitions summed over the envs (5000)
     :param max_grad_norm: gradient-norm clip of the three optimisers (10)
     :param collect_epsilon: probability of a uniformly random action during collection (0.01)
+    :param collect_epsilon_initial: if set, the collection epsilon starts here and falls linearly to
+        ``collect_epsilon`` over the first ``collect_epsilon_decay_steps`` env steps, then stays there, as DQN's
+        exploration schedule (None: IRIS's constant ``collect_epsilon``; not in IRIS)
+    :param collect_epsilon_decay_steps: env steps (summed over the envs) of that fall; >= 1 when
+        ``collect_epsilon_initial`` is set (0)
     :param collect_temperature: policy temperature during collection (1.0)
     :param imagination_temperature: sampling temperature of the world model's observation tokens (1.0)
     :param final_training_epochs: training-only epochs after the last collection of a ``learn()`` call: an int is a
@@ -166,6 +171,8 @@ class IRIS(IrisPersistence, IrisCollection):
         recent_window_steps: int = 5000,
         max_grad_norm: float = 10.0,
         collect_epsilon: float = 0.01,
+        collect_epsilon_initial: Optional[float] = None,
+        collect_epsilon_decay_steps: int = 0,
         collect_temperature: float = 1.0,
         imagination_temperature: float = 1.0,
         final_training_epochs: Union[int, float, None] = None,
@@ -235,6 +242,8 @@ class IRIS(IrisPersistence, IrisCollection):
         self.recent_window_steps = recent_window_steps
         self.max_grad_norm = max_grad_norm
         self.collect_epsilon = collect_epsilon
+        self.collect_epsilon_initial = collect_epsilon_initial
+        self.collect_epsilon_decay_steps = collect_epsilon_decay_steps
         self.collect_temperature = collect_temperature
         self.imagination_temperature = imagination_temperature
         self.final_training_epochs = final_training_epochs

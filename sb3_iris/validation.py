@@ -244,6 +244,15 @@ def check_hyperparameters(model: Any) -> None:
         raise ValueError(f"imagination_horizon={model.imagination_horizon} must be >= 2 (the loss uses H - 1 steps)")
     for name in ("gamma", "gae_lambda", "collect_epsilon"):
         check_real(name, getattr(model, name), 0.0, 1.0)
+    check_integer("collect_epsilon_decay_steps", model.collect_epsilon_decay_steps, 0)
+    if model.collect_epsilon_initial is not None:
+        check_real("collect_epsilon_initial", model.collect_epsilon_initial, 0.0, 1.0)
+        if model.collect_epsilon_decay_steps < 1:
+            raise ValueError(
+                f"collect_epsilon_decay_steps={model.collect_epsilon_decay_steps} must be >= 1 when "
+                f"collect_epsilon_initial={model.collect_epsilon_initial} is set (the env steps of its fall to "
+                f"collect_epsilon={model.collect_epsilon})"
+            )
     for name in ("collect_temperature", "imagination_temperature", "max_grad_norm"):
         check_real(name, getattr(model, name), low=0.0, low_inclusive=False)
     check_real("ent_coef", model.ent_coef, low=0.0)

@@ -3,6 +3,7 @@
 - ``tokenizer_stop_after_epochs``: the tokenizer trains in no epoch after it; its tokens, and so the token cache,
   stay valid from then on.
 - The per-epoch world-model diagnostics ``train/imagined_reward_per_step`` and ``rollout/reward_per_step``.
+- ``collect_epsilon_initial`` / ``collect_epsilon_decay_steps``: a linear fall of the collection epsilon.
 """
 
 from __future__ import annotations
@@ -218,3 +219,62 @@ def test_recent_fractions_default_to_iris_sampling():
 def test_recent_sampling_arguments_are_validated(name, value):
     with pytest.raises(ValueError, match=f"{name}="):
         IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, **{name: value}))
+
+
+def test_collect_epsilon_default_is_iris_constant():
+    model = IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, collect_epsilon=0.05))
+    for steps in (0, 10, 10**6):
+        model.num_timesteps = steps
+        assert model.current_collect_epsilon() == 0.05
+
+
+def test_collect_epsilon_falls_linearly_from_its_initial_value():
+    model = IRIS(
+        "CnnPolicy",
+        ColorBoxEnv(),
+        **tiny_iris_kwargs(
+            image=True, collect_epsilon=0.1, collect_epsilon_initial=1.0, collect_epsilon_decay_steps=100
+        ),
+    )
+    expected = {0: 1.0, 25: 0.775, 50: 0.55, 100: 0.1, 1000: 0.1}
+    for steps, epsilon in expected.items():
+        model.num_timesteps = steps
+        assert model.current_collect_epsilon() == pytest.approx(epsilon)
+
+
+def test_annealed_epsilon_drives_the_random_actions_of_collection(monkeypatch):
+    model = IRIS(
+        "CnnPolicy",
+        ColorBoxEnv(),
+        seed=0,
+        **tiny_iris_kwargs(
+            image=True, collect_epsilon=0.0, collect_epsilon_initial=1.0, collect_epsilon_decay_steps=10
+        ),
+    )
+    model._setup_learn(model.n_steps_per_epoch)
+    model._collection_state = model.policy.initial_state(model.n_envs)
+
+    def always_action_zero(observations, state, starts, temperature):
+        return torch.zeros(len(observations), dtype=torch.long), state
+
+    monkeypatch.setattr(model.policy, "act", always_action_zero)
+    starts = np.zeros(model.n_envs, dtype=bool)
+    model.num_timesteps = 10  # past the fall: epsilon 0, only the policy's action
+    policy_only = np.concatenate([model._sample_collection_actions(starts) for _ in range(200)])
+    assert set(policy_only.tolist()) == {0}
+    model.num_timesteps = 0  # epsilon 1: every action uniformly random
+    drawn = np.concatenate([model._sample_collection_actions(starts) for _ in range(200)])
+    assert set(drawn.tolist()) == set(range(model.action_space.n))
+    assert abs(float(np.mean(drawn == 0)) - 1 / model.action_space.n) < 0.1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [(dict(collect_epsilon_initial=1.5, collect_epsilon_decay_steps=10), "collect_epsilon_initial=1.5"),
+     (dict(collect_epsilon_initial=float("nan"), collect_epsilon_decay_steps=10), "collect_epsilon_initial=nan"),
+     (dict(collect_epsilon_initial=1.0), "collect_epsilon_decay_steps=0 must be >= 1"),
+     (dict(collect_epsilon_decay_steps=-1), "collect_epsilon_decay_steps=-1")],
+)  # fmt: skip
+def test_collect_epsilon_schedule_is_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, **kwargs))
