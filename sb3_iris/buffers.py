@@ -360,6 +360,22 @@ class EpisodeReplayBuffer:
         times = starts + self.rng.integers(0, ends - starts)
         return envs, starts, ends, times
 
+    def _episodes_holding(self, envs: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The episode that holds each stored ``(env, time)`` pair.
+
+        :return: ``(starts, ends)`` of those episodes, each shaped as ``times``
+        """
+        table_envs, table_starts, table_ends = self._episode_table()
+        # Episodes sorted by (env, start); the episode holding (env, t) is the last one of env starting at or before t.
+        stride = self._end + 1
+        keys = table_envs.astype(np.int64) * stride + table_starts
+        order = np.argsort(keys, kind="stable")
+        rows = order[np.searchsorted(keys[order], envs.astype(np.int64) * stride + times, side="right") - 1]
+        starts, ends = table_starts[rows], table_ends[rows]
+        if not (np.all(table_envs[rows] == envs) and np.all((starts <= times) & (times < ends))):
+            raise RuntimeError("replay episode table does not cover its stored steps: the buffer is corrupt")
+        return starts, ends
+
     def _sample_recent_episodes(
         self, batch_size: int, recent_time_steps: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -371,19 +387,44 @@ class EpisodeReplayBuffer:
         batch_size = _check_positive("batch_size", batch_size)
         recent_time_steps = _check_positive("recent_time_steps", recent_time_steps)
         self._check_not_empty()
-        table_envs, table_starts, table_ends = self._episode_table()
-        # Episodes sorted by (env, start); the episode holding (env, t) is the last one of env starting at or before t.
-        stride = self._end + 1
-        keys = table_envs.astype(np.int64) * stride + table_starts
-        order = np.argsort(keys, kind="stable")
         first_time = max(self._offset, self._end - recent_time_steps)
         envs = self.rng.integers(0, self.n_envs, size=batch_size)
         times = self.rng.integers(first_time, self._end, size=batch_size)
-        rows = order[np.searchsorted(keys[order], envs.astype(np.int64) * stride + times, side="right") - 1]
-        starts, ends = table_starts[rows], table_ends[rows]
-        if not (np.all(table_envs[rows] == envs) and np.all((starts <= times) & (times < ends))):
-            raise RuntimeError("replay episode table does not cover its recent steps: the buffer is corrupt")
+        starts, ends = self._episodes_holding(envs, times)
         return envs, starts, ends, times
+
+    def event_steps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored step with a non-zero reward or a termination (the rare steps whose reward and end the
+        world model must predict).
+
+        :return: ``(env_indices, time_indices)`` of those steps
+        """
+        times = np.arange(self._offset, self._end)
+        positions = self._positions(times)
+        events = (self._rewards[:, positions] != 0) | self._terminations[:, positions]
+        envs, columns = np.nonzero(events)
+        return envs, times[columns]
+
+    def _sample_event_segments(
+        self, batch_size: int, sequence_length: int, from_t: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Sample a step uniformly among :meth:`event_steps`, then a time ``t`` such that the segment at ``t``
+        holds that step at a uniformly drawn position (clipped to its episode, which keeps the step inside).
+        With no event stored, fall back to :meth:`_sample_episodes`.
+
+        :param from_t: ``(batch_size,)`` True where the segment starts at ``t`` (``"right"``), False where it
+            ends there (``"left"``)
+        :return: ``(env_indices, starts, ends, times)``, each ``(batch_size,)``
+        """
+        event_envs, event_times = self.event_steps()
+        if len(event_envs) == 0:
+            return self._sample_episodes(batch_size)
+        chosen = self.rng.integers(0, len(event_envs), size=batch_size)
+        envs, events = event_envs[chosen], event_times[chosen]
+        steps_before = self.rng.integers(0, sequence_length, size=batch_size)  # the event's position in the segment
+        times = np.where(from_t, events - steps_before, events + sequence_length - 1 - steps_before)
+        starts, ends = self._episodes_holding(envs, events)
+        return envs, starts, ends, np.clip(times, starts, ends - 1)
 
     def _positions(self, time_indices: np.ndarray) -> np.ndarray:
         """Ring positions of absolute time indices (which must be stored)."""
@@ -426,6 +467,7 @@ class EpisodeReplayBuffer:
         padding: str = "both",
         recent_fraction: float = 0.0,
         recent_time_steps: Optional[int] = None,
+        event_fraction: float = 0.0,
     ) -> SegmentBatch:
         """Sample segments of consecutive steps inside episodes: an episode uniformly, then a time ``t``
         uniformly inside it, then a segment at ``t`` that is padded (zeros, ``mask_padding`` False) where it
@@ -442,6 +484,9 @@ class EpisodeReplayBuffer:
             ``recent_time_steps`` steps of each env (0: IRIS's episode-uniform sampling only); their number is
             ``round(recent_fraction * batch_size)``, and they come last in the batch
         :param recent_time_steps: the recent window in time steps per env (required with ``recent_fraction > 0``)
+        :param event_fraction: share of the segments drawn instead around a step with a non-zero reward or a
+            termination (:meth:`event_steps`), each holding that step at a uniformly drawn position (0: IRIS);
+            their number is ``round(event_fraction * batch_size)``, and they come last in the batch
         :return: the batch of segments
         """
         if padding not in PADDINGS:
@@ -450,19 +495,29 @@ class EpisodeReplayBuffer:
         batch_size = _check_positive("batch_size", batch_size)
         if not 0.0 <= recent_fraction <= 1.0:
             raise ValueError(f"recent_fraction must be in [0, 1], got recent_fraction={recent_fraction!r}")
+        if not 0.0 <= event_fraction <= 1.0:
+            raise ValueError(f"event_fraction must be in [0, 1], got event_fraction={event_fraction!r}")
+        if recent_fraction + event_fraction > 1.0:
+            raise ValueError(
+                f"recent_fraction + event_fraction must be <= 1, got recent_fraction={recent_fraction!r} and "
+                f"event_fraction={event_fraction!r}"
+            )
         n_recent = int(round(recent_fraction * batch_size))
+        n_event = min(int(round(event_fraction * batch_size)), batch_size - n_recent)
         if n_recent > 0 and recent_time_steps is None:
             raise ValueError(f"recent_fraction={recent_fraction} needs recent_time_steps (time steps per env)")
+        n_uniform = batch_size - n_recent - n_event
         parts = []
-        if n_recent < batch_size:
-            parts.append(self._sample_episodes(batch_size - n_recent))
+        if n_uniform > 0:
+            parts.append(self._sample_episodes(n_uniform))
         if n_recent > 0:
             parts.append(self._sample_recent_episodes(n_recent, recent_time_steps))
+        event_from_t = np.empty(0, dtype=bool)
+        if n_event > 0:
+            event_from_t = self._segment_directions(padding, n_event)
+            parts.append(self._sample_event_segments(n_event, sequence_length, event_from_t))
         envs, starts, ends, times = (np.concatenate(values) for values in zip(*parts))
-        if padding == "both":
-            from_t = self.rng.random(len(times)) < 0.5
-        else:
-            from_t = np.full(len(times), padding == "right")
+        from_t = np.concatenate([self._segment_directions(padding, batch_size - n_event), event_from_t])
         first = np.where(from_t, times, times - sequence_length + 1)
         time_indices = first[:, None] + np.arange(sequence_length)
         mask = (time_indices >= starts[:, None]) & (time_indices < ends[:, None])
@@ -485,6 +540,14 @@ class EpisodeReplayBuffer:
             for values in (batch.observations, batch.actions, batch.rewards, batch.terminations, batch.truncations):
                 values[padded] = 0
         return batch
+
+    def _segment_directions(self, padding: str, n: int) -> np.ndarray:
+        """:return: ``(n,)`` True where a segment starts at its sampled time (``"right"``), False where it ends
+        there (``"left"``); ``"both"`` draws each with probability 0.5
+        """
+        if padding == "both":
+            return self.rng.random(n) < 0.5
+        return np.full(n, padding == "right")
 
     def episode_tail(self, env_index: int, n: int) -> np.ndarray:
         """The last observations of an env's ongoing episode, e.g. to burn in an LSTM state.

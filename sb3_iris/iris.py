@@ -85,6 +85,10 @@ class IRIS(IrisPersistence, IrisCollection):
         uniformly from the last ``recent_window_steps`` env transitions instead of IRIS's episode-uniform draw over
         the whole replay, so the world model learns the states a newly improved policy reaches sooner (0.0: IRIS;
         not in IRIS)
+    :param world_model_event_fraction: share of each world-model batch whose segments are drawn around a stored
+        step with a non-zero reward or a termination, each holding that step at a uniformly drawn position, so the
+        world model sees its rare events (catches, rewards, ends) more often (0.0: IRIS; not in IRIS); with
+        ``world_model_recent_fraction`` the two shares must sum to at most 1
     :param actor_critic_recent_fraction: the same for the real contexts imagination starts from (0.0: IRIS)
     :param recent_window_steps: the recent window, in env transitions summed over the envs (5000)
     :param max_grad_norm: gradient-norm clip of the three optimisers (10)
@@ -167,6 +171,7 @@ class IRIS(IrisPersistence, IrisCollection):
         actor_critic_minibatches: int = 4,
         actor_critic_clip_range: float = 0.2,
         world_model_recent_fraction: float = 0.0,
+        world_model_event_fraction: float = 0.0,
         actor_critic_recent_fraction: float = 0.0,
         recent_window_steps: int = 5000,
         max_grad_norm: float = 10.0,
@@ -238,6 +243,7 @@ class IRIS(IrisPersistence, IrisCollection):
         self.actor_critic_minibatches = actor_critic_minibatches
         self.actor_critic_clip_range = actor_critic_clip_range
         self.world_model_recent_fraction = world_model_recent_fraction
+        self.world_model_event_fraction = world_model_event_fraction
         self.actor_critic_recent_fraction = actor_critic_recent_fraction
         self.recent_window_steps = recent_window_steps
         self.max_grad_norm = max_grad_norm
@@ -355,19 +361,26 @@ class IRIS(IrisPersistence, IrisCollection):
     # ----------------------------------------------------------------------------------------------
 
     def sample_replay_segments(
-        self, batch_size: int, sequence_length: int, padding: str, recent_fraction: float
+        self, batch_size: int, sequence_length: int, padding: str, recent_fraction: float, event_fraction: float = 0.0
     ) -> SegmentBatch:
-        """Replay segments, ``recent_fraction`` of them from the last ``recent_window_steps`` env transitions.
+        """Replay segments, ``recent_fraction`` of them from the last ``recent_window_steps`` env transitions and
+        ``event_fraction`` of them around rewarded or terminal steps.
 
         :param batch_size: number of segments
         :param sequence_length: steps per segment
         :param padding: ``"right"`` (world-model segments) or ``"left"`` (imagination contexts)
         :param recent_fraction: ``world_model_recent_fraction`` or ``actor_critic_recent_fraction``
+        :param event_fraction: ``world_model_event_fraction`` (world-model segments only)
         :return: the batch
         """
         recent_time_steps = max(1, math.ceil(self.recent_window_steps / self.n_envs))
         return self.replay_buffer.sample_segments(
-            batch_size, sequence_length, padding, recent_fraction=recent_fraction, recent_time_steps=recent_time_steps
+            batch_size,
+            sequence_length,
+            padding,
+            recent_fraction=recent_fraction,
+            recent_time_steps=recent_time_steps,
+            event_fraction=event_fraction,
         )
 
     def imagine(self, batch_size: int, keep_observations: bool = False):

@@ -165,7 +165,11 @@ def world_model_phase(model: IRIS) -> Phase:
 
     def update() -> dict[str, torch.Tensor]:
         batch = model.sample_replay_segments(
-            model.world_model_batch_size, model.sequence_length, "right", model.world_model_recent_fraction
+            model.world_model_batch_size,
+            model.sequence_length,
+            "right",
+            model.world_model_recent_fraction,
+            model.world_model_event_fraction,
         )
         obs_tokens = model.tokenizer_cache.segment_tokens(
             batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding

@@ -478,3 +478,74 @@ def test_recent_sampling_errors():
         a.sample_segments(32, 4, "right").time_indices,
         b.sample_segments(32, 4, "right", recent_fraction=0.0, recent_time_steps=7).time_indices,
     )
+
+
+def sparse_event_buffer(n_envs: int, seed: int = 0) -> EpisodeReplayBuffer:
+    """A buffer of 30-step episodes whose only events are a reward of 1 at step 12 and the termination at step 29
+    (env e's episodes shifted by e steps, so that the envs' events fall at different times)."""
+    buffer = EpisodeReplayBuffer(VECTOR_SPACE, n_envs=n_envs, initial_capacity=8, seed=seed)
+    for t in range(200):
+        step = (t + np.arange(n_envs)) % 30
+        buffer.add(
+            vector_obs(t, n_envs), np.zeros(n_envs, int), (step == 12).astype(float), step == 29, [False] * n_envs
+        )
+    return buffer
+
+
+def test_event_steps_are_the_rewarded_and_terminal_steps():
+    buffer = sparse_event_buffer(n_envs=2)
+    envs, times = buffer.event_steps()
+    steps = (times + envs) % 30
+    assert set(steps) == {12, 29}
+    assert len(times) == sum(int(np.sum((np.arange(200) + e) % 30 == s)) for e in (0, 1) for s in (12, 29))
+
+
+@pytest.mark.parametrize("padding", ["left", "right", "both"])
+def test_event_segments_hold_an_event_at_every_position(padding):
+    buffer = sparse_event_buffer(n_envs=2, seed=1)
+    length = 6
+    batch = buffer.sample_segments(3000, length, padding=padding, event_fraction=1.0)
+    mask = batch.mask_padding
+    events = (batch.rewards != 0) | batch.terminations
+    assert np.all((events & mask).any(axis=1)), "an event segment holds no event"
+    # Each segment is one run of its episode: steps are consecutive and stop at the termination.
+    for b in range(0, len(mask), 97):
+        real = batch.time_indices[b, mask[b]]
+        np.testing.assert_array_equal(real, np.arange(real[0], real[0] + len(real)))
+        np.testing.assert_array_equal(batch.observations[b, mask[b], 0], real + 1)
+    # The reward of step 12 (never at an episode edge) is seen at every position of the segment.
+    rewarded = events & (batch.rewards != 0)
+    positions = np.argmax(rewarded[rewarded.any(axis=1)], axis=1)
+    counts = np.bincount(positions, minlength=length)
+    assert counts.min() > 0.5 * counts.mean()
+    # Without events the plain draw holds one in about 2 of 30 x 6 steps: far fewer.
+    plain = buffer.sample_segments(3000, length, padding=padding)
+    assert (((plain.rewards != 0) | plain.terminations) & plain.mask_padding).any(axis=1).mean() < 0.6
+
+
+def test_event_fraction_mixes_with_the_other_draws_and_is_validated():
+    buffer = sparse_event_buffer(n_envs=1)
+    batch = buffer.sample_segments(
+        40, 3, padding="right", recent_fraction=0.25, recent_time_steps=10, event_fraction=0.5
+    )
+    events = ((batch.rewards != 0) | batch.terminations) & batch.mask_padding
+    assert events[-20:].any(axis=1).all()  # the event segments come last
+    assert batch.time_indices[10:20, 0].min() >= 190  # then the recent ones before them
+    with pytest.raises(ValueError, match="event_fraction must be in"):
+        buffer.sample_segments(4, 2, event_fraction=-0.5)
+    with pytest.raises(ValueError, match="recent_fraction \\+ event_fraction"):
+        buffer.sample_segments(4, 2, recent_fraction=0.6, recent_time_steps=5, event_fraction=0.6)
+    # event_fraction 0 draws exactly as before; with no event stored the event draw is the episode-uniform one.
+    a, b = sparse_event_buffer(1, seed=4), sparse_event_buffer(1, seed=4)
+    np.testing.assert_array_equal(
+        a.sample_segments(32, 4, "right").time_indices,
+        b.sample_segments(32, 4, "right", event_fraction=0.0).time_indices,
+    )
+    quiet = EpisodeReplayBuffer(VECTOR_SPACE, seed=0)
+    add_episodes(quiet, [40])  # one episode, its only event the termination at its last step
+    quiet.add(vector_obs(40, 1), [0], [0.0], [False], [False])  # an ongoing one without events
+    assert len(quiet.event_steps()[0]) == 1
+    silent = EpisodeReplayBuffer(VECTOR_SPACE, seed=0)
+    for t in range(10):
+        silent.add(vector_obs(t, 1), [0], [0.0], [False], [False])
+    assert silent.sample_segments(8, 3, "right", event_fraction=1.0).mask_padding[:, 0].all()

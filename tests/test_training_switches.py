@@ -206,6 +206,33 @@ def test_recent_fractions_reach_the_world_model_and_imagination_samplers():
     assert {(padding, fraction) for padding, fraction, _ in calls} == {("right", 0.5), ("left", 1.0)}
 
 
+def test_event_fraction_reaches_the_world_model_sampler_only():
+    model = IRIS("CnnPolicy", ColorBoxEnv(), seed=0, **tiny_iris_kwargs(image=True, world_model_event_fraction=0.5))
+    calls = []
+    sample_segments = model.replay_buffer.sample_segments
+
+    def recording_sample_segments(*args, **kwargs):
+        calls.append((args[2], kwargs["event_fraction"]))
+        return sample_segments(*args, **kwargs)
+
+    model.replay_buffer.sample_segments = recording_sample_segments
+    model.learn(model.n_steps_per_epoch)
+    assert set(calls) == {("right", 0.5), ("left", 0.0)}
+
+
+def test_event_fraction_is_validated_alone_and_with_the_recent_share():
+    assert IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True)).world_model_event_fraction == 0.0
+    for value in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="world_model_event_fraction="):
+            IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, world_model_event_fraction=value))
+    with pytest.raises(ValueError, match="world_model_recent_fraction \\+ world_model_event_fraction"):
+        IRIS(
+            "CnnPolicy",
+            ColorBoxEnv(),
+            **tiny_iris_kwargs(image=True, world_model_recent_fraction=0.6, world_model_event_fraction=0.5),
+        )
+
+
 def test_recent_fractions_default_to_iris_sampling():
     model = IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True))
     assert model.world_model_recent_fraction == 0.0 and model.actor_critic_recent_fraction == 0.0
