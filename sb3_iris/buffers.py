@@ -406,14 +406,15 @@ class EpisodeReplayBuffer:
         return envs, times[columns]
 
     def _sample_event_segments(
-        self, batch_size: int, sequence_length: int, from_t: np.ndarray
+        self, batch_size: int, sequence_length: int, from_t: np.ndarray, event_lead: int = 0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Sample a step uniformly among :meth:`event_steps`, then a time ``t`` such that the segment at ``t``
-        holds that step at a uniformly drawn position (clipped to its episode, which keeps the step inside).
-        With no event stored, fall back to :meth:`_sample_episodes`.
+        holds that step at a uniformly drawn position, or has it up to ``event_lead`` steps after its last step
+        (clipped to its episode). With no event stored, fall back to :meth:`_sample_episodes`.
 
         :param from_t: ``(batch_size,)`` True where the segment starts at ``t`` (``"right"``), False where it
             ends there (``"left"``)
+        :param event_lead: how many steps after the segment the event may also lie (0: inside the segment)
         :return: ``(env_indices, starts, ends, times)``, each ``(batch_size,)``
         """
         event_envs, event_times = self.event_steps()
@@ -421,8 +422,9 @@ class EpisodeReplayBuffer:
             return self._sample_episodes(batch_size)
         chosen = self.rng.integers(0, len(event_envs), size=batch_size)
         envs, events = event_envs[chosen], event_times[chosen]
-        steps_before = self.rng.integers(0, sequence_length, size=batch_size)  # the event's position in the segment
-        times = np.where(from_t, events - steps_before, events + sequence_length - 1 - steps_before)
+        # The event's offset from the segment's first step: inside it, or up to event_lead steps after it.
+        first = events - self.rng.integers(0, sequence_length + event_lead, size=batch_size)
+        times = np.where(from_t, first, first + sequence_length - 1)
         starts, ends = self._episodes_holding(envs, events)
         return envs, starts, ends, np.clip(times, starts, ends - 1)
 
@@ -468,6 +470,7 @@ class EpisodeReplayBuffer:
         recent_fraction: float = 0.0,
         recent_time_steps: Optional[int] = None,
         event_fraction: float = 0.0,
+        event_lead: int = 0,
     ) -> SegmentBatch:
         """Sample segments of consecutive steps inside episodes: an episode uniformly, then a time ``t``
         uniformly inside it, then a segment at ``t`` that is padded (zeros, ``mask_padding`` False) where it
@@ -487,6 +490,9 @@ class EpisodeReplayBuffer:
         :param event_fraction: share of the segments drawn instead around a step with a non-zero reward or a
             termination (:meth:`event_steps`), each holding that step at a uniformly drawn position (0: IRIS);
             their number is ``round(event_fraction * batch_size)``, and they come last in the batch
+        :param event_lead: the event of an event segment may also lie up to this many steps after the segment's
+            last step (0: inside the segment; imagination contexts use the imagination horizon, so that the
+            imagined steps reach it)
         :return: the batch of segments
         """
         if padding not in PADDINGS:
@@ -497,6 +503,8 @@ class EpisodeReplayBuffer:
             raise ValueError(f"recent_fraction must be in [0, 1], got recent_fraction={recent_fraction!r}")
         if not 0.0 <= event_fraction <= 1.0:
             raise ValueError(f"event_fraction must be in [0, 1], got event_fraction={event_fraction!r}")
+        if not isinstance(event_lead, (int, np.integer)) or event_lead < 0:
+            raise ValueError(f"event_lead must be an integer >= 0, got event_lead={event_lead!r}")
         if recent_fraction + event_fraction > 1.0:
             raise ValueError(
                 f"recent_fraction + event_fraction must be <= 1, got recent_fraction={recent_fraction!r} and "
@@ -515,7 +523,7 @@ class EpisodeReplayBuffer:
         event_from_t = np.empty(0, dtype=bool)
         if n_event > 0:
             event_from_t = self._segment_directions(padding, n_event)
-            parts.append(self._sample_event_segments(n_event, sequence_length, event_from_t))
+            parts.append(self._sample_event_segments(n_event, sequence_length, event_from_t, event_lead))
         envs, starts, ends, times = (np.concatenate(values) for values in zip(*parts))
         from_t = np.concatenate([self._segment_directions(padding, batch_size - n_event), event_from_t])
         first = np.where(from_t, times, times - sequence_length + 1)

@@ -90,6 +90,10 @@ class IRIS(IrisPersistence, IrisCollection):
         world model sees its rare events (catches, rewards, ends) more often (0.0: IRIS; not in IRIS); with
         ``world_model_recent_fraction`` the two shares must sum to at most 1
     :param actor_critic_recent_fraction: the same for the real contexts imagination starts from (0.0: IRIS)
+    :param actor_critic_event_fraction: share of the real contexts imagination starts from that are drawn up to
+        ``imagination_horizon`` steps before (or at) a stored step with a non-zero reward or a termination, so the
+        actor-critic imagines the moments where its actions decide a reward or a miss more often (0.0: IRIS; not
+        in IRIS); with ``actor_critic_recent_fraction`` the two shares must sum to at most 1
     :param recent_window_steps: the recent window, in env transitions summed over the envs (5000)
     :param max_grad_norm: gradient-norm clip of the three optimisers (10)
     :param collect_epsilon: probability of a uniformly random action during collection (0.01)
@@ -173,6 +177,7 @@ class IRIS(IrisPersistence, IrisCollection):
         world_model_recent_fraction: float = 0.0,
         world_model_event_fraction: float = 0.0,
         actor_critic_recent_fraction: float = 0.0,
+        actor_critic_event_fraction: float = 0.0,
         recent_window_steps: int = 5000,
         max_grad_norm: float = 10.0,
         collect_epsilon: float = 0.01,
@@ -245,6 +250,7 @@ class IRIS(IrisPersistence, IrisCollection):
         self.world_model_recent_fraction = world_model_recent_fraction
         self.world_model_event_fraction = world_model_event_fraction
         self.actor_critic_recent_fraction = actor_critic_recent_fraction
+        self.actor_critic_event_fraction = actor_critic_event_fraction
         self.recent_window_steps = recent_window_steps
         self.max_grad_norm = max_grad_norm
         self.collect_epsilon = collect_epsilon
@@ -361,7 +367,13 @@ class IRIS(IrisPersistence, IrisCollection):
     # ----------------------------------------------------------------------------------------------
 
     def sample_replay_segments(
-        self, batch_size: int, sequence_length: int, padding: str, recent_fraction: float, event_fraction: float = 0.0
+        self,
+        batch_size: int,
+        sequence_length: int,
+        padding: str,
+        recent_fraction: float,
+        event_fraction: float = 0.0,
+        event_lead: int = 0,
     ) -> SegmentBatch:
         """Replay segments, ``recent_fraction`` of them from the last ``recent_window_steps`` env transitions and
         ``event_fraction`` of them around rewarded or terminal steps.
@@ -370,7 +382,8 @@ class IRIS(IrisPersistence, IrisCollection):
         :param sequence_length: steps per segment
         :param padding: ``"right"`` (world-model segments) or ``"left"`` (imagination contexts)
         :param recent_fraction: ``world_model_recent_fraction`` or ``actor_critic_recent_fraction``
-        :param event_fraction: ``world_model_event_fraction`` (world-model segments only)
+        :param event_fraction: ``world_model_event_fraction`` or ``actor_critic_event_fraction``
+        :param event_lead: how many steps after an event segment its event may lie (imagination: the horizon)
         :return: the batch
         """
         recent_time_steps = max(1, math.ceil(self.recent_window_steps / self.n_envs))
@@ -381,6 +394,7 @@ class IRIS(IrisPersistence, IrisCollection):
             recent_fraction=recent_fraction,
             recent_time_steps=recent_time_steps,
             event_fraction=event_fraction,
+            event_lead=event_lead,
         )
 
     def imagine(self, batch_size: int, keep_observations: bool = False):
@@ -388,7 +402,14 @@ class IRIS(IrisPersistence, IrisCollection):
 
         :return: the :class:`~sb3_iris.imagination.ImaginationOutput`
         """
-        batch = self.sample_replay_segments(batch_size, self.burn_in + 1, "left", self.actor_critic_recent_fraction)
+        batch = self.sample_replay_segments(
+            batch_size,
+            self.burn_in + 1,
+            "left",
+            self.actor_critic_recent_fraction,
+            self.actor_critic_event_fraction,
+            event_lead=self.imagination_horizon,
+        )
         context_tokens = self.segment_tokens(
             batch.observations, batch.env_indices, batch.time_indices, batch.mask_padding
         )

@@ -275,14 +275,15 @@ def check_hyperparameters(model: Any) -> None:
             f"actor_critic_batch_size * (imagination_horizon - 1) = {steps}"
         )
     check_real("actor_critic_clip_range", model.actor_critic_clip_range, low=0.0, low_inclusive=False)
-    for name in ("world_model_recent_fraction", "world_model_event_fraction", "actor_critic_recent_fraction"):
-        check_real(name, getattr(model, name), 0.0, 1.0)
-    if model.world_model_recent_fraction + model.world_model_event_fraction > 1.0:
-        raise ValueError(
-            "world_model_recent_fraction + world_model_event_fraction must be <= 1 (shares of one batch), got "
-            f"world_model_recent_fraction={model.world_model_recent_fraction!r} and "
-            f"world_model_event_fraction={model.world_model_event_fraction!r}"
-        )
+    for part in ("world_model", "actor_critic"):
+        recent, event = f"{part}_recent_fraction", f"{part}_event_fraction"
+        check_real(recent, getattr(model, recent), 0.0, 1.0)
+        check_real(event, getattr(model, event), 0.0, 1.0)
+        if getattr(model, recent) + getattr(model, event) > 1.0:
+            raise ValueError(
+                f"{recent} + {event} must be <= 1 (shares of one batch), got {recent}={getattr(model, recent)!r} "
+                f"and {event}={getattr(model, event)!r}"
+            )
     check_integer("recent_window_steps", model.recent_window_steps, 1)
     check_policy_kwargs(model.policy_kwargs)
 

@@ -549,3 +549,17 @@ def test_event_fraction_mixes_with_the_other_draws_and_is_validated():
     for t in range(10):
         silent.add(vector_obs(t, 1), [0], [0.0], [False], [False])
     assert silent.sample_segments(8, 3, "right", event_fraction=1.0).mask_padding[:, 0].all()
+
+
+def test_event_lead_puts_the_event_up_to_lead_steps_after_a_context():
+    buffer = sparse_event_buffer(n_envs=1, seed=2)
+    lead = 5
+    batch = buffer.sample_segments(3000, 1, padding="left", event_fraction=1.0, event_lead=lead)
+    steps = batch.time_indices[:, 0] % 30  # the step of each context inside its 30-step episode
+    # Every context is the event step (12 or 29) or one of the `lead` steps before it.
+    before = np.minimum(np.where(steps <= 12, 12 - steps, 99), np.where(steps <= 29, 29 - steps, 99))
+    assert before.max() <= lead
+    counts = np.bincount(before, minlength=lead + 1)
+    assert counts.min() > 0.5 * counts.mean()  # each distance about equally often
+    with pytest.raises(ValueError, match="event_lead must be"):
+        buffer.sample_segments(4, 1, "left", event_fraction=1.0, event_lead=-1)

@@ -212,24 +212,40 @@ def test_event_fraction_reaches_the_world_model_sampler_only():
     sample_segments = model.replay_buffer.sample_segments
 
     def recording_sample_segments(*args, **kwargs):
-        calls.append((args[2], kwargs["event_fraction"]))
+        calls.append((args[2], kwargs["event_fraction"], kwargs["event_lead"]))
         return sample_segments(*args, **kwargs)
 
     model.replay_buffer.sample_segments = recording_sample_segments
     model.learn(model.n_steps_per_epoch)
-    assert set(calls) == {("right", 0.5), ("left", 0.0)}
+    assert set(calls) == {("right", 0.5, 0), ("left", 0.0, model.imagination_horizon)}
 
 
-def test_event_fraction_is_validated_alone_and_with_the_recent_share():
-    assert IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True)).world_model_event_fraction == 0.0
+def test_actor_critic_event_fraction_reaches_the_imagination_sampler_with_the_horizon_as_lead():
+    model = IRIS("CnnPolicy", ColorBoxEnv(), seed=0, **tiny_iris_kwargs(image=True, actor_critic_event_fraction=0.5))
+    calls = []
+    sample_segments = model.replay_buffer.sample_segments
+
+    def recording_sample_segments(*args, **kwargs):
+        calls.append((args[2], kwargs["event_fraction"], kwargs["event_lead"]))
+        return sample_segments(*args, **kwargs)
+
+    model.replay_buffer.sample_segments = recording_sample_segments
+    model.learn(model.n_steps_per_epoch)
+    assert set(calls) == {("right", 0.0, 0), ("left", 0.5, model.imagination_horizon)}
+
+
+@pytest.mark.parametrize("part", ["world_model", "actor_critic"])
+def test_event_fractions_are_validated_alone_and_with_the_recent_share(part):
+    model = IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True))
+    assert getattr(model, f"{part}_event_fraction") == 0.0
     for value in (-0.1, 1.5, float("nan")):
-        with pytest.raises(ValueError, match="world_model_event_fraction="):
-            IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, world_model_event_fraction=value))
-    with pytest.raises(ValueError, match="world_model_recent_fraction \\+ world_model_event_fraction"):
+        with pytest.raises(ValueError, match=f"{part}_event_fraction="):
+            IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, **{f"{part}_event_fraction": value}))
+    with pytest.raises(ValueError, match=f"{part}_recent_fraction \\+ {part}_event_fraction"):
         IRIS(
             "CnnPolicy",
             ColorBoxEnv(),
-            **tiny_iris_kwargs(image=True, world_model_recent_fraction=0.6, world_model_event_fraction=0.5),
+            **tiny_iris_kwargs(image=True, **{f"{part}_recent_fraction": 0.6, f"{part}_event_fraction": 0.5}),
         )
 
 
