@@ -245,6 +245,12 @@ def main() -> None:
     )
     parser.add_argument("--ent-coef", type=float, default=None, help="override the model's ent_coef")
     parser.add_argument("--gamma", type=float, default=None, help="override the model's gamma")
+    parser.add_argument(
+        "--actor-critic-event-fraction",
+        type=float,
+        default=None,
+        help="override the model's actor_critic_event_fraction (imagination starts before rewards and ends)",
+    )
     parser.add_argument("--paddle-check", action="store_true", help="MinAtar Breakout: does imagination follow actions")
     parser.add_argument("--paddle-steps", type=int, default=4)
     parser.add_argument(
@@ -281,6 +287,8 @@ def main() -> None:
         model.ent_coef = args.ent_coef
     if args.gamma is not None:
         model.gamma = args.gamma
+    if args.actor_critic_event_fraction is not None:
+        model.actor_critic_event_fraction = args.actor_critic_event_fraction
     if args.reset_actor:
         model.policy.actor_critic.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
     model.tokenizer_start_after_epochs = model.world_model_start_after_epochs = 10**9
