@@ -246,6 +246,9 @@ def main() -> None:
     parser.add_argument("--ent-coef", type=float, default=None, help="override the model's ent_coef")
     parser.add_argument("--gamma", type=float, default=None, help="override the model's gamma")
     parser.add_argument(
+        "--imagination-temperature", type=float, default=None, help="override the model's imagination_temperature"
+    )
+    parser.add_argument(
         "--actor-critic-event-fraction",
         type=float,
         default=None,
@@ -287,6 +290,8 @@ def main() -> None:
         model.ent_coef = args.ent_coef
     if args.gamma is not None:
         model.gamma = args.gamma
+    if args.imagination_temperature is not None:
+        model.imagination_temperature = args.imagination_temperature
     if args.actor_critic_event_fraction is not None:
         model.actor_critic_event_fraction = args.actor_critic_event_fraction
     if args.reset_actor:
