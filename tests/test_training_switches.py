@@ -183,6 +183,21 @@ def test_actor_critic_epoch_arguments_are_validated(name, value):
         IRIS("CnnPolicy", ColorBoxEnv(), **_feed_forward_image_kwargs(**{"actor_critic_epochs": 2, name: value}))
 
 
+def _sampler_calls_of_one_epoch(model: IRIS, *keywords: str) -> list[tuple]:
+    """Train ``model`` for one epoch and record every replay ``sample_segments`` call as
+    ``(padding, *the values of keywords)``."""
+    calls = []
+    sample_segments = model.replay_buffer.sample_segments
+
+    def recording_sample_segments(*args, **kwargs):
+        calls.append((args[2], *(kwargs[keyword] for keyword in keywords)))
+        return sample_segments(*args, **kwargs)
+
+    model.replay_buffer.sample_segments = recording_sample_segments
+    model.learn(model.n_steps_per_epoch)
+    return calls
+
+
 def test_recent_fractions_reach_the_world_model_and_imagination_samplers():
     model = IRIS(
         "CnnPolicy",
@@ -192,15 +207,7 @@ def test_recent_fractions_reach_the_world_model_and_imagination_samplers():
             image=True, world_model_recent_fraction=0.5, actor_critic_recent_fraction=1.0, recent_window_steps=7
         ),
     )
-    calls = []
-    sample_segments = model.replay_buffer.sample_segments
-
-    def recording_sample_segments(*args, **kwargs):
-        calls.append((args[2], kwargs["recent_fraction"], kwargs["recent_time_steps"]))
-        return sample_segments(*args, **kwargs)
-
-    model.replay_buffer.sample_segments = recording_sample_segments
-    model.learn(model.n_steps_per_epoch)
+    calls = _sampler_calls_of_one_epoch(model, "recent_fraction", "recent_time_steps")
     window = -(-7 // model.n_envs)
     assert ("right", 0.5, window) in calls and ("left", 1.0, window) in calls
     assert {(padding, fraction) for padding, fraction, _ in calls} == {("right", 0.5), ("left", 1.0)}
@@ -208,29 +215,13 @@ def test_recent_fractions_reach_the_world_model_and_imagination_samplers():
 
 def test_event_fraction_reaches_the_world_model_sampler_only():
     model = IRIS("CnnPolicy", ColorBoxEnv(), seed=0, **tiny_iris_kwargs(image=True, world_model_event_fraction=0.5))
-    calls = []
-    sample_segments = model.replay_buffer.sample_segments
-
-    def recording_sample_segments(*args, **kwargs):
-        calls.append((args[2], kwargs["event_fraction"], kwargs["event_lead"]))
-        return sample_segments(*args, **kwargs)
-
-    model.replay_buffer.sample_segments = recording_sample_segments
-    model.learn(model.n_steps_per_epoch)
+    calls = _sampler_calls_of_one_epoch(model, "event_fraction", "event_lead")
     assert set(calls) == {("right", 0.5, 0), ("left", 0.0, model.imagination_horizon)}
 
 
 def test_actor_critic_event_fraction_reaches_the_imagination_sampler_with_the_horizon_as_lead():
     model = IRIS("CnnPolicy", ColorBoxEnv(), seed=0, **tiny_iris_kwargs(image=True, actor_critic_event_fraction=0.5))
-    calls = []
-    sample_segments = model.replay_buffer.sample_segments
-
-    def recording_sample_segments(*args, **kwargs):
-        calls.append((args[2], kwargs["event_fraction"], kwargs["event_lead"]))
-        return sample_segments(*args, **kwargs)
-
-    model.replay_buffer.sample_segments = recording_sample_segments
-    model.learn(model.n_steps_per_epoch)
+    calls = _sampler_calls_of_one_epoch(model, "event_fraction", "event_lead")
     assert set(calls) == {("right", 0.0, 0), ("left", 0.5, model.imagination_horizon)}
 
 
