@@ -33,8 +33,9 @@ import torch
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from benchmarks.frozen_world_model_probe import load_probe_model
 from sb3_iris.envs import add_env_settings_arguments
-from sb3_iris.evaluate import load_model, make_env, resolve_env_settings
+from sb3_iris.evaluate import make_env
 from sb3_iris.imagination import DreamEnv
 
 NOOP, LEFT, RIGHT = 0, 1, 2  # the gym actions of MinAtar Breakout's minimal action set ('n', 'l', 'r')
@@ -182,12 +183,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     add_env_settings_arguments(parser)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
-    model = load_model(args.model, device="cpu")
-    settings = resolve_env_settings(
-        args.model, args.env, args.env_wrapper, args.env_kwargs, use_run_config=not args.no_run_config
-    )
+    model, settings = load_probe_model(args)
     env = DummyVecEnv(
         [lambda: Monitor(make_env(args.env, seed=args.seed, env_modules=args.env_module, settings=settings))]
     )

@@ -228,6 +228,22 @@ def open_loop_drift(
     return results
 
 
+def load_probe_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """One torch thread, seeded; the saved model on the CPU and its env settings (from the run folder unless
+    ``--no-run-config``), for the probes' command lines.
+
+    :param args: parsed arguments with ``model``, ``env``, ``seed`` and those of ``add_env_settings_arguments``
+    :return: ``(model, settings)``
+    """
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    model = load_model(args.model, device="cpu")
+    settings = resolve_env_settings(
+        args.model, args.env, args.env_wrapper, args.env_kwargs, use_run_config=not args.no_run_config
+    )
+    return model, settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
@@ -266,12 +282,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     add_env_settings_arguments(parser)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
-    model = load_model(args.model, device="cpu")
-    settings = resolve_env_settings(
-        args.model, args.env, args.env_wrapper, args.env_kwargs, use_run_config=not args.no_run_config
-    )
+    model, settings = load_probe_model(args)
     n_envs = 4
 
     def make(seed: int):
