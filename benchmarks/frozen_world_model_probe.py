@@ -265,6 +265,12 @@ def main() -> None:
         "--imagination-temperature", type=float, default=None, help="override the model's imagination_temperature"
     )
     parser.add_argument(
+        "--imagination-outcome-temperature",
+        type=float,
+        default=None,
+        help="override the model's imagination_outcome_temperature (0: the most likely reward and end)",
+    )
+    parser.add_argument(
         "--actor-critic-event-fraction",
         type=float,
         default=None,
@@ -303,6 +309,8 @@ def main() -> None:
         model.gamma = args.gamma
     if args.imagination_temperature is not None:
         model.imagination_temperature = args.imagination_temperature
+    if args.imagination_outcome_temperature is not None:
+        model.imagination_outcome_temperature = args.imagination_outcome_temperature
     if args.actor_critic_event_fraction is not None:
         model.actor_critic_event_fraction = args.actor_critic_event_fraction
     if args.reset_actor:

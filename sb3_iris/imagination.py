@@ -50,6 +50,21 @@ def sample_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.
     return torch.multinomial(flat, 1).view(probs.shape[:-1])
 
 
+def sample_outcomes(
+    logits_rewards: torch.Tensor, logits_ends: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw an imagined step's reward and end from the world model's heads.
+
+    :param logits_rewards: ``(B, 3)`` logits of the reward's sign classes (-1, 0, +1)
+    :param logits_ends: ``(B, 2)`` logits of continue / end
+    :param temperature: sampling temperature (1.0: IRIS; 0: the most likely class)
+    :return: rewards ``(B,)`` float in {-1, 0, 1} and ends ``(B,)`` bool
+    """
+    rewards = sample_from_logits(logits_rewards, temperature).float() - 1.0
+    ends = sample_from_logits(logits_ends, temperature).bool()
+    return rewards, ends
+
+
 class OneTokenStepper:
     """Runs the world model one token at a time through its static-shape pass, optionally compiled.
 
@@ -158,6 +173,7 @@ def world_model_step(
     pending_tokens: Optional[torch.Tensor] = None,
     defer_last_token: bool = False,
     stepper: Optional[OneTokenStepper] = None,
+    outcome_temperature: float = 1.0,
 ) -> WorldModelStep:
     """Advance the world model by one environment step with the KV cache.
 
@@ -176,6 +192,8 @@ def world_model_step(
     :param defer_last_token: leave the last generated token out of the cache and return it as pending
     :param stepper: run every pass as a static-shape one-token pass through this stepper (K + 1 passes; no
         deferral); None: the dynamic cached passes
+    :param outcome_temperature: sampling temperature of the reward and the end (1.0: IRIS samples both; 0: the
+        most likely class, so an end is predicted only where its probability passes 1/2)
 
     With ``parallel_observations`` the step is one pass (the current frame's tokens and the action together, the
     next frame's K tokens sampled from the action token's output); ``pending_tokens`` and ``defer_last_token``
@@ -187,7 +205,7 @@ def world_model_step(
                 "a OneTokenStepper (compile_imagination) cannot run a world model with parallel_observations"
             )
         return _parallel_world_model_step(
-            world_model, cache, actions, current_obs_tokens, predict_next_obs, temperature
+            world_model, cache, actions, current_obs_tokens, predict_next_obs, temperature, outcome_temperature
         )
     if stepper is not None:
         # The one-token pass writes every token itself: nothing is deferred.
@@ -204,8 +222,7 @@ def world_model_step(
     logits_obs, logits_rewards, logits_ends = _extend_cache(
         world_model, cache, step_tokens, stepper, observation_logits=predict_next_obs
     )
-    rewards = sample_from_logits(logits_rewards).float() - 1.0
-    ends = sample_from_logits(logits_ends).bool()
+    rewards, ends = sample_outcomes(logits_rewards, logits_ends, outcome_temperature)
     if not predict_next_obs:
         return WorldModelStep(rewards, ends, None, None)
     next_tokens = torch.empty(actions.shape[0], k, dtype=torch.long, device=actions.device)
@@ -232,6 +249,7 @@ class DreamEnv:
     :param merge_last_token: write each generated frame's last token together with the next action token
     :param stepper: generate through this one-token pass (None: the dynamic cached passes)
     :param cache: a KV cache to reuse (allocated at the first reset, or when the batch size changes)
+    :param outcome_temperature: default sampling temperature of the rewards and ends (1.0: IRIS; 0: the most likely)
     """
 
     def __init__(
@@ -241,9 +259,11 @@ class DreamEnv:
         merge_last_token: bool = False,
         stepper: Optional[OneTokenStepper] = None,
         cache: Optional[KVCache] = None,
+        outcome_temperature: float = 1.0,
     ) -> None:
         self.world_model = world_model
         self.temperature = temperature
+        self.outcome_temperature = outcome_temperature
         self.merge_last_token = merge_last_token
         self.stepper = stepper
         self.cache = cache
@@ -268,13 +288,18 @@ class DreamEnv:
 
     @torch.no_grad()
     def step(
-        self, actions: torch.Tensor, predict_next_obs: bool = True, temperature: Optional[float] = None
+        self,
+        actions: torch.Tensor,
+        predict_next_obs: bool = True,
+        temperature: Optional[float] = None,
+        outcome_temperature: Optional[float] = None,
     ) -> WorldModelStep:
         """One imagined step from the current frame: rewards, ends and (unless not asked for) the next frame's tokens.
 
         :param actions: ``(B,)`` actions
         :param predict_next_obs: generate the next frame (False for the last step of a rollout)
         :param temperature: sampling temperature of the observation tokens (None: the env's)
+        :param outcome_temperature: sampling temperature of the rewards and ends (None: the env's)
         """
         if self.cache is None or self.obs_tokens is None:
             raise RuntimeError("DreamEnv.step() before reset(): call reset(obs_tokens) first")
@@ -288,6 +313,7 @@ class DreamEnv:
             pending_tokens=self._pending_tokens,
             defer_last_token=self.merge_last_token,
             stepper=self.stepper,
+            outcome_temperature=self.outcome_temperature if outcome_temperature is None else outcome_temperature,
         )
         self._pending_tokens = step.pending_tokens
         if step.next_tokens is not None:
@@ -302,6 +328,7 @@ def _parallel_world_model_step(
     current_obs_tokens: torch.Tensor,
     predict_next_obs: bool,
     temperature: float,
+    outcome_temperature: float = 1.0,
 ) -> WorldModelStep:
     """One imagined step of a world model with ``parallel_observations``: one pass for the whole step.
 
@@ -316,8 +343,7 @@ def _parallel_world_model_step(
         needs_frame = False
     step_tokens = torch.cat([current_obs_tokens, actions.unsqueeze(1)], 1) if needs_frame else actions.unsqueeze(1)
     output = world_model(step_tokens, cache, compute_observation_logits=predict_next_obs)
-    rewards = sample_from_logits(output.logits_rewards[:, -1]).float() - 1.0
-    ends = sample_from_logits(output.logits_ends[:, -1]).bool()
+    rewards, ends = sample_outcomes(output.logits_rewards[:, -1], output.logits_ends[:, -1], outcome_temperature)
     next_tokens = sample_from_logits(output.logits_observations[:, -1], temperature) if predict_next_obs else None
     return WorldModelStep(rewards, ends, next_tokens, None)
 
@@ -404,6 +430,7 @@ def imagine_rollouts(
     context_reconstructions: Optional[torch.Tensor] = None,
     stepper: Optional[OneTokenStepper] = None,
     dream: Optional[DreamEnv] = None,
+    outcome_temperature: float = 1.0,
 ) -> ImaginationOutput:
     """Imagine ``horizon`` steps from real contexts; only the actor-critic receives gradient.
 
@@ -424,6 +451,8 @@ def imagine_rollouts(
         does not apply then
     :param dream: the :class:`DreamEnv` to imagine in (its cache, stepper and merging; ``cache``,
         ``merge_last_token`` and ``stepper`` are then not used); None: one made from those arguments
+    :param outcome_temperature: sampling temperature of the imagined rewards and ends (1.0: IRIS; 0: the most
+        likely class)
     """
     if horizon < 1:
         raise ValueError(f"horizon={horizon} must be >= 1")
@@ -446,7 +475,12 @@ def imagine_rollouts(
         actions.append(action)
         logits.append(output.logits)
         values.append(output.values)
-        step_output = dream.step(action, predict_next_obs=step < horizon - 1, temperature=temperature)
+        step_output = dream.step(
+            action,
+            predict_next_obs=step < horizon - 1,
+            temperature=temperature,
+            outcome_temperature=outcome_temperature,
+        )
         if step_output.next_tokens is not None:
             with torch.no_grad():
                 observations = tokenizer.decode_tokens(step_output.next_tokens)

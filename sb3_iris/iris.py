@@ -103,7 +103,11 @@ class IRIS(IrisPersistence, IrisCollection):
     :param collect_epsilon_decay_steps: env steps (summed over the envs) of that fall; >= 1 when
         ``collect_epsilon_initial`` is set (0)
     :param collect_temperature: policy temperature during collection (1.0)
-    :param imagination_temperature: sampling temperature of the world model's observation tokens (1.0)
+    :param imagination_temperature: sampling temperature of the world model's observation tokens (1.0; 0: the
+        most likely token, not in IRIS)
+    :param imagination_outcome_temperature: sampling temperature of the imagined rewards and ends (1.0: IRIS samples
+        both; 0: the most likely class, so an imagined episode ends only where the end head's probability passes
+        1/2; not in IRIS)
     :param final_training_epochs: training-only epochs after the last collection of a ``learn()`` call: an int is a
         number of epochs, a float a fraction of the call's collecting epochs, rounded (0.2 / 0: the published 100k
         steps collect for 500 epochs and then train for 100 more; ``learn(256)`` then runs 2 + 0 epochs; use 0 for the
@@ -185,6 +189,7 @@ class IRIS(IrisPersistence, IrisCollection):
         collect_epsilon_decay_steps: int = 0,
         collect_temperature: float = 1.0,
         imagination_temperature: float = 1.0,
+        imagination_outcome_temperature: float = 1.0,
         final_training_epochs: Union[int, float, None] = None,
         buffer_size: Optional[int] = None,
         replay_memory_budget_gb: Optional[float] = None,
@@ -258,6 +263,7 @@ class IRIS(IrisPersistence, IrisCollection):
         self.collect_epsilon_decay_steps = collect_epsilon_decay_steps
         self.collect_temperature = collect_temperature
         self.imagination_temperature = imagination_temperature
+        self.imagination_outcome_temperature = imagination_outcome_temperature
         self.final_training_epochs = final_training_epochs
         self.buffer_size = buffer_size
         self.replay_memory_budget_gb = replay_memory_budget_gb
@@ -428,6 +434,7 @@ class IRIS(IrisPersistence, IrisCollection):
                 self.imagination_horizon,
                 temperature=self.imagination_temperature,
                 keep_observations=keep_observations,
+                outcome_temperature=self.imagination_outcome_temperature,
                 context_reconstructions=reconstructions,
                 dream=self.dream_env,
             )

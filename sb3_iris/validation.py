@@ -253,8 +253,10 @@ def check_hyperparameters(model: Any) -> None:
                 f"collect_epsilon_initial={model.collect_epsilon_initial} is set (the env steps of its fall to "
                 f"collect_epsilon={model.collect_epsilon})"
             )
-    for name in ("collect_temperature", "imagination_temperature", "max_grad_norm"):
+    for name in ("collect_temperature", "max_grad_norm"):
         check_real(name, getattr(model, name), low=0.0, low_inclusive=False)
+    for name in ("imagination_temperature", "imagination_outcome_temperature"):
+        check_real(name, getattr(model, name), low=0.0)
     check_real("ent_coef", model.ent_coef, low=0.0)
     if not callable(model.learning_rate):
         check_real("learning_rate", model.learning_rate, low=0.0, low_inclusive=False)

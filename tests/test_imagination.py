@@ -15,6 +15,7 @@ from sb3_iris.imagination import (
     imagine_rollouts,
     prime_cache,
     sample_from_logits,
+    sample_outcomes,
     world_model_step,
 )
 from sb3_iris.nn.actor_critic import ActorCritic, ActorCriticConfig, actor_critic_loss, compute_lambda_returns
@@ -156,6 +157,81 @@ def test_sample_from_logits():
     peaked = torch.tensor([[[0.0, 100.0]] * 4] * 2)
     samples = sample_from_logits(peaked)
     assert samples.shape == (2, 4) and (samples == 1).all()
+
+
+def test_sample_outcomes_at_zero_are_the_most_likely_reward_and_end():
+    torch.manual_seed(0)
+    logits_rewards, logits_ends = torch.randn(50, 3), torch.randn(50, 2)
+    rewards, ends = sample_outcomes(logits_rewards, logits_ends, temperature=0.0)
+    # The straightforward computation: class index to reward sign, end where its probability passes 1/2.
+    assert torch.equal(rewards, logits_rewards.argmax(-1).float() - 1.0)
+    assert torch.equal(ends, torch.softmax(logits_ends, -1)[:, 1] > 0.5)
+    assert rewards.dtype == torch.float32 and ends.dtype == torch.bool
+
+
+def test_sample_outcomes_default_samples_as_iris_does():
+    logits_rewards, logits_ends = torch.randn(64, 3), torch.randn(64, 2)
+    torch.manual_seed(3)
+    rewards, ends = sample_outcomes(logits_rewards, logits_ends)
+    torch.manual_seed(3)
+    assert torch.equal(rewards, sample_from_logits(logits_rewards).float() - 1.0)
+    assert torch.equal(ends, sample_from_logits(logits_ends).bool())
+    # A sampled end happens where it is not the most likely class: temperature 1 draws, it does not take argmax.
+    even = torch.zeros(2000, 2)
+    even[:, 0] = 1.0  # P(end) = 0.27
+    torch.manual_seed(0)
+    share = sample_outcomes(torch.zeros(2000, 3), even)[1].float().mean().item()
+    assert 0.22 < share < 0.32 and not sample_outcomes(torch.zeros(2000, 3), even, 0.0)[1].any()
+
+
+def record_sampling_temperatures(monkeypatch) -> list[tuple[int, float]]:
+    """Make imagination's ``sample_from_logits`` record the class count and temperature of every draw."""
+    records: list[tuple[int, float]] = []
+
+    def recording_sampler(logits, temperature=1.0):
+        records.append((logits.shape[-1], temperature))
+        return sample_from_logits(logits, temperature)
+
+    monkeypatch.setattr(imagination, "sample_from_logits", recording_sampler)
+    return records
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_outcome_temperature_reaches_only_the_reward_and_end_draws(monkeypatch, parallel):
+    k, batch = 2, 3
+    world_model = tiny_world_model(k, max_blocks=3, parallel=parallel).eval()
+    current = torch.randint(0, VOCAB, (batch, k))
+    records = record_sampling_temperatures(monkeypatch)
+    with torch.no_grad():
+        cache = world_model.new_cache(batch)
+        prime_cache(world_model, cache, current)
+        world_model_step(world_model, cache, torch.zeros(batch, dtype=torch.long), current, True, 0.7,
+                         outcome_temperature=0.0)  # fmt: skip
+    assert records[:2] == [(3, 0.0), (2, 0.0)]  # the reward, then the end
+    assert records[2:] and all(draw == (VOCAB, 0.7) for draw in records[2:])
+    # The DreamEnv's own default, and a per-step override.
+    records.clear()
+    dream = imagination.DreamEnv(world_model, temperature=0.7, outcome_temperature=0.0)
+    dream.reset(current)
+    dream.step(torch.zeros(batch, dtype=torch.long))
+    dream.step(torch.zeros(batch, dtype=torch.long), outcome_temperature=0.5)
+    assert [draw for draw in records if draw[0] != VOCAB] == [(3, 0.0), (2, 0.0), (3, 0.5), (2, 0.5)]
+    assert {draw[1] for draw in records if draw[0] == VOCAB} == {0.7}
+
+
+def test_imagine_rollouts_at_outcome_temperature_zero_takes_the_heads_argmax(monkeypatch):
+    torch.manual_seed(0)
+    tokenizer, world_model, actor_critic, _ = vector_setup()
+    context_tokens, mask = contexts(4, 2, tokenizer.tokens_per_obs)
+    records = record_sampled_logits(monkeypatch)
+    output = imagine_rollouts(tokenizer, world_model, actor_critic, context_tokens, mask, 3, outcome_temperature=0.0)
+    # Each step draws the action, the reward, the end, then the next frame: the reward comes just before the end.
+    end_at = [i for i, logits in enumerate(records) if logits.shape[-1] == 2]
+    reward_logits, end_logits = [records[i - 1] for i in end_at], [records[i] for i in end_at]
+    assert len(reward_logits) == len(end_logits) == 3
+    for step in range(3):
+        assert torch.equal(output.rewards[:, step], reward_logits[step].argmax(-1).float() - 1.0)
+        assert torch.equal(output.ends[:, step], end_logits[step].argmax(-1).bool())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -435,7 +435,7 @@ def test_resume_with_a_fresh_env_closes_the_ongoing_episode(tmp_path):
         (dict(ent_coef=math.nan), r"ent_coef=nan must be >= 0"),
         (dict(max_grad_norm=math.nan), r"max_grad_norm=nan must be > 0"),
         (dict(collect_temperature=math.nan), r"collect_temperature=nan must be > 0"),
-        (dict(imagination_temperature=math.inf), r"imagination_temperature=inf must be > 0 \(and finite\)"),
+        (dict(imagination_temperature=math.inf), r"imagination_temperature=inf must be >= 0 \(and finite\)"),
         (dict(learning_rate=math.nan), r"learning_rate=nan must be > 0"),
         (dict(gamma="0.99"), r"gamma='0.99' must be a number in \[0, 1\] \(got str\)"),
         (dict(gae_lambda=math.nan), r"gae_lambda=nan must be in \[0, 1\]"),

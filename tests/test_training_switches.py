@@ -4,6 +4,7 @@
   stay valid from then on.
 - The per-epoch world-model diagnostics ``train/imagined_reward_per_step`` and ``rollout/reward_per_step``.
 - ``collect_epsilon_initial`` / ``collect_epsilon_decay_steps``: a linear fall of the collection epsilon.
+- ``imagination_outcome_temperature``: the sampling temperature of the imagined rewards and ends.
 """
 
 from __future__ import annotations
@@ -312,3 +313,23 @@ def test_annealed_epsilon_drives_the_random_actions_of_collection(monkeypatch):
 def test_collect_epsilon_schedule_is_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
         IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, **kwargs))
+
+
+def test_imagination_outcome_temperature_reaches_imagination_and_survives_save_load(monkeypatch, tmp_path):
+    import sb3_iris.iris as iris_module
+
+    temperatures = []
+    real_imagine = iris_module.imagine_rollouts
+
+    def recording_imagine(*args, **kwargs):
+        temperatures.append((kwargs["temperature"], kwargs["outcome_temperature"]))
+        return real_imagine(*args, **kwargs)
+
+    monkeypatch.setattr(iris_module, "imagine_rollouts", recording_imagine)
+    kwargs = tiny_iris_kwargs(image=True, imagination_temperature=0.0, imagination_outcome_temperature=0.0)
+    model = IRIS("CnnPolicy", ColorBoxEnv(), seed=0, **kwargs)
+    model.learn(model.n_steps_per_epoch)
+    assert temperatures and set(temperatures) == {(0.0, 0.0)}
+    model.save(tmp_path / "model.zip")
+    assert IRIS.load(tmp_path / "model.zip").imagination_outcome_temperature == 0.0
+    assert IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True)).imagination_outcome_temperature == 1.0
