@@ -84,13 +84,16 @@ def real_outcome(game: Any, actions: list[int], action_set: list[int]) -> bool:
 
 @torch.no_grad()
 def imagined_ends(model: Any, frames: torch.Tensor, actions: torch.Tensor, temperature: float) -> np.ndarray:
-    """Whether the world model ends each rollout by its last action, from one real frame each.
+    """Whether the world model ends each rollout by its last action, from one real frame each (ends drawn at the
+    model's ``imagination_outcome_temperature``).
 
     :param frames: ``(B, 3, H, W)`` preprocessed start frames
     :param actions: ``(B, n)`` gym actions
     :return: ``(B,)`` bool
     """
-    dream = DreamEnv(model.policy.world_model, temperature=temperature)
+    dream = DreamEnv(
+        model.policy.world_model, temperature=temperature, outcome_temperature=model.imagination_outcome_temperature
+    )
     dream.reset(model.policy.tokenizer.tokenize(frames))
     ended = torch.zeros(len(frames), dtype=torch.bool)
     for t in range(actions.shape[1]):
