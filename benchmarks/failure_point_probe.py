@@ -33,10 +33,9 @@ import torch
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from benchmarks.frozen_world_model_probe import load_probe_model
+from benchmarks.frozen_world_model_probe import load_probe_model, probe_dream_env
 from sb3_iris.envs import add_env_settings_arguments
 from sb3_iris.evaluate import make_env
-from sb3_iris.imagination import DreamEnv
 
 NOOP, LEFT, RIGHT = 0, 1, 2  # the gym actions of MinAtar Breakout's minimal action set ('n', 'l', 'r')
 
@@ -91,9 +90,7 @@ def imagined_ends(model: Any, frames: torch.Tensor, actions: torch.Tensor, tempe
     :param actions: ``(B, n)`` gym actions
     :return: ``(B,)`` bool
     """
-    dream = DreamEnv(
-        model.policy.world_model, temperature=temperature, outcome_temperature=model.imagination_outcome_temperature
-    )
+    dream = probe_dream_env(model, temperature)
     dream.reset(model.policy.tokenizer.tokenize(frames))
     ended = torch.zeros(len(frames), dtype=torch.bool)
     for t in range(actions.shape[1]):

@@ -38,6 +38,16 @@ from sb3_iris.evaluate import load_model, make_env, resolve_env_settings
 from sb3_iris.imagination import DreamEnv
 
 
+def probe_dream_env(model: Any, temperature: float = 1.0) -> DreamEnv:
+    """A :class:`DreamEnv` in ``model``'s world model, with rewards and ends at its ``imagination_outcome_temperature``.
+
+    :param temperature: sampling temperature of the observation tokens
+    """
+    return DreamEnv(
+        model.policy.world_model, temperature=temperature, outcome_temperature=model.imagination_outcome_temperature
+    )
+
+
 def paddle_row(image_size: int) -> int:
     """Image row of Breakout's paddle (grid row 9, one pixel per cell, the 10x10 grid centred in the frame)."""
     return (image_size - 10) // 2 + 9
@@ -66,7 +76,7 @@ def paddle_check(
     """Mean decoded paddle column after ``steps`` imagined steps of always-``left`` and always-``right``."""
     tokens = start_tokens(model, batch_size)
     tokenizer = model.policy.tokenizer
-    dream = DreamEnv(model.policy.world_model, temperature)
+    dream = probe_dream_env(model, temperature)
     start_columns = paddle_columns(tokenizer.decode_tokens(tokens), row)
     result: dict[str, float] = {
         "start_column": float(np.nanmean(start_columns)),
@@ -117,7 +127,7 @@ def imagined_policy_returns(
     """
     tokens = start_tokens(model, batch_size)
     tokenizer = model.policy.tokenizer
-    dream = DreamEnv(model.policy.world_model)
+    dream = probe_dream_env(model)
     results: dict[str, float] = {}
     for name in ("tracking", "always_left", "uniform"):
         dream.reset(tokens)
@@ -200,7 +210,7 @@ def open_loop_drift(
         actions.append(torch.as_tensor(episode_actions))
         running.append(torch.as_tensor(episode_running))
     real, real_actions, real_running = torch.stack(frames), torch.stack(actions), torch.stack(running)
-    dream = DreamEnv(model.policy.world_model, temperature=temperature)
+    dream = probe_dream_env(model, temperature)
     dream.reset(tokenizer.tokenize(real[:, 0]))
     alive = torch.ones(episodes, dtype=torch.bool)
     results = []

@@ -388,7 +388,11 @@ class PlaySession:
             past_tokens = torch.cat(context_tokens[-keep:], 0).unsqueeze(0)  # (1, keep, K)
             past_actions = torch.cat(context_actions[-keep:], 0).unsqueeze(0)  # (1, keep)
             past = interleave_tokens(past_tokens, past_actions)
-        dream = DreamEnv(world_model, temperature=self.wm_temperature)
+        dream = DreamEnv(
+            world_model,
+            temperature=self.wm_temperature,
+            outcome_temperature=float(self.model.imagination_outcome_temperature),
+        )
         dream.reset(self.tokens_of(observation), past)
 
         real_observation = observation  # the real env, run open loop with the same actions (--side-by-side)

@@ -6,6 +6,8 @@ Everything is tiny so that the file runs in seconds on 2 CPU cores.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import pytest
 import torch
 
@@ -46,16 +48,21 @@ def tiny_world_model(
     )
 
 
-def record_sampled_logits(monkeypatch) -> list[torch.Tensor]:
-    """Make imagination's ``sample_from_logits`` keep a copy of every logits tensor it samples from."""
-    records: list[torch.Tensor] = []
+def record_sampling(monkeypatch, keep: Callable[[torch.Tensor, float], Any]) -> list[Any]:
+    """Make imagination's ``sample_from_logits`` record ``keep(logits, temperature)`` of every draw."""
+    records: list[Any] = []
 
     def recording_sampler(logits, temperature=1.0):
-        records.append(logits.detach().clone())
+        records.append(keep(logits, temperature))
         return sample_from_logits(logits, temperature)
 
     monkeypatch.setattr(imagination, "sample_from_logits", recording_sampler)
     return records
+
+
+def record_sampled_logits(monkeypatch) -> list[torch.Tensor]:
+    """Make imagination's ``sample_from_logits`` keep a copy of every logits tensor it samples from."""
+    return record_sampling(monkeypatch, lambda logits, _: logits.detach().clone())
 
 
 def image_setup():
@@ -184,24 +191,12 @@ def test_sample_outcomes_default_samples_as_iris_does():
     assert 0.22 < share < 0.32 and not sample_outcomes(torch.zeros(2000, 3), even, 0.0)[1].any()
 
 
-def record_sampling_temperatures(monkeypatch) -> list[tuple[int, float]]:
-    """Make imagination's ``sample_from_logits`` record the class count and temperature of every draw."""
-    records: list[tuple[int, float]] = []
-
-    def recording_sampler(logits, temperature=1.0):
-        records.append((logits.shape[-1], temperature))
-        return sample_from_logits(logits, temperature)
-
-    monkeypatch.setattr(imagination, "sample_from_logits", recording_sampler)
-    return records
-
-
 @pytest.mark.parametrize("parallel", [False, True])
 def test_outcome_temperature_reaches_only_the_reward_and_end_draws(monkeypatch, parallel):
     k, batch = 2, 3
     world_model = tiny_world_model(k, max_blocks=3, parallel=parallel).eval()
     current = torch.randint(0, VOCAB, (batch, k))
-    records = record_sampling_temperatures(monkeypatch)
+    records = record_sampling(monkeypatch, lambda logits, temperature: (logits.shape[-1], temperature))
     with torch.no_grad():
         cache = world_model.new_cache(batch)
         prime_cache(world_model, cache, current)
