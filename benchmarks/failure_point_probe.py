@@ -33,9 +33,16 @@ import torch
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from benchmarks.frozen_world_model_probe import load_probe_model, probe_dream_env
+from benchmarks.frozen_world_model_probe import (
+    ball_mask,
+    load_probe_model,
+    paddle_columns,
+    paddle_row,
+    probe_dream_env,
+)
 from sb3_iris.envs import add_env_settings_arguments
 from sb3_iris.evaluate import make_env
+from sb3_iris.minatar import MinAtarImageWrapper, grid_to_image
 
 NOOP, LEFT, RIGHT = 0, 1, 2  # the gym actions of MinAtar Breakout's minimal action set ('n', 'l', 'r')
 
@@ -99,6 +106,91 @@ def imagined_ends(model: Any, frames: torch.Tensor, actions: torch.Tensor, tempe
     return ended.numpy()
 
 
+def object_positions(frames: torch.Tensor, row: int) -> np.ndarray:
+    """``(B, 3)`` paddle column, ball column and ball row of Breakout frames ``(B, 3, H, W)`` (NaN: none)."""
+    red = ball_mask(frames).float()
+    found = red.flatten(1).any(1).numpy()
+    count = red.sum((1, 2)).clamp(min=1)
+    columns = (red.sum(1) * torch.arange(red.shape[-1])).sum(-1) / count
+    rows = (red.sum(2) * torch.arange(red.shape[-2])).sum(-1) / count
+    ball = np.where(found[:, None], torch.stack([columns, rows], 1).numpy(), np.nan)
+    return np.concatenate([paddle_columns(frames, row)[:, None], ball], 1)
+
+
+def same_positions(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(B,)`` True where the rows of two :func:`object_positions` results agree (NaN equal to NaN)."""
+    return ((a == b) | (np.isnan(a) & np.isnan(b))).all(1)
+
+
+def real_frames(model: Any, game: Any, actions: list[int], action_set: list[int], draw: Any) -> torch.Tensor:
+    """``(n, 3, H, W)`` preprocessed real frames after each of ``actions`` in a copy of ``game`` (no sticky actions)."""
+    sim = copy.deepcopy(game)
+    frames = []
+    for action in actions:
+        sim.act(action_set[action])
+        image = torch.as_tensor(draw(sim.state())).permute(2, 0, 1).unsqueeze(0)
+        frames.append(model.policy.tokenizer.preprocess(image)[0])
+    return torch.stack(frames)
+
+
+@torch.no_grad()
+def catcher_divergence(
+    model: Any, rows: list[dict[str, Any]], action_set: list[int], draw: Any, row: int
+) -> dict[str, Any]:
+    """Where the catcher's imagined rollouts (argmax tokens) leave the real game, step by step.
+
+    At each step the imagined frame is compared with the tokenizer's reconstruction of the real frame after the
+    same actions (what a perfect world model would draw), by paddle column and ball position. An imagined end with
+    every frame right until then is the end head's error; one after a wrong frame follows an observation error.
+
+    :return: counts over the rows whose catcher plan keeps the ball in the real game
+    """
+    usable = [item for item in rows if item["catcher"] is not None and item["catcher_real_catch"]]
+    if not usable:
+        return {}
+    tokenizer = model.policy.tokenizer
+    frames = torch.stack([item["frame"] for item in usable])
+    actions = torch.as_tensor([item["catcher"] for item in usable], dtype=torch.long)
+    real = torch.stack([real_frames(model, item["game"], item["catcher"], action_set, draw) for item in usable])
+    n, steps = actions.shape
+    truth = object_positions(tokenizer.reconstruct(real.flatten(0, 1)), row).reshape(n, steps, 3)
+    tokenizer_right = same_positions(object_positions(real.flatten(0, 1), row), truth.reshape(n * steps, 3))
+    dream = probe_dream_env(model, 0.0)
+    dream.reset(tokenizer.tokenize(frames))
+    end_step = np.full(n, -1)
+    first_wrong = np.full(n, -1)
+    for t in range(steps):
+        step = dream.step(actions[:, t], predict_next_obs=t < steps - 1)
+        ends = step.ends.bool().numpy()
+        end_step[(end_step < 0) & ends] = t
+        if t < steps - 1:
+            drawn = object_positions(tokenizer.decode_tokens(dream.obs_tokens), row)
+            wrong = ~same_positions(drawn, truth[:, t])
+            first_wrong[(first_wrong < 0) & (end_step < 0) & wrong] = t
+    ended = end_step >= 0
+    frames_right_until_end = ended & ((first_wrong < 0) | (first_wrong >= end_step))
+    return dict(
+        rollouts=int(n),
+        ended=int(ended.sum()),
+        ended_with_frames_right=int(frames_right_until_end.sum()),
+        ended_after_a_wrong_frame=int((ended & ~frames_right_until_end).sum()),
+        kept_with_a_wrong_frame=int((~ended & (first_wrong >= 0)).sum()),
+        first_wrong_step=[int(value) for value in first_wrong],
+        end_step=[int(value) for value in end_step],
+        tokenizer_positions_right=round(float(tokenizer_right.mean()), 3),
+    )
+
+
+def image_drawer(env: DummyVecEnv) -> Any:
+    """The function that draws a MinAtar grid as the env's frames do (its :class:`MinAtarImageWrapper`)."""
+    wrapper = env.envs[0]
+    while not isinstance(wrapper, MinAtarImageWrapper):
+        if not hasattr(wrapper, "env"):
+            raise ValueError("failure_point_probe needs an env wrapped in sb3_iris.minatar.MinAtarImageWrapper")
+        wrapper = wrapper.env
+    return lambda grid: grid_to_image(np.asarray(grid), wrapper.cell_size, wrapper.image_size)
+
+
 def play_episodes(model: Any, env: DummyVecEnv, episodes: int) -> list[dict[str, Any]]:
     """Deterministic episodes: per step the preprocessed frame, the game state before it, the executed action."""
     inner = env.envs[0].unwrapped
@@ -138,6 +230,7 @@ def failure_rows(played: list[dict[str, Any]], k: int, action_set: list[int]) ->
         rows.append(
             dict(
                 frame=episode["frames"][start],
+                game=game,
                 policy=episode["actions"][start : miss + 1],
                 catcher=plan,
                 catcher_real_catch=None if plan is None else real_outcome(game, plan, action_set),
@@ -188,6 +281,8 @@ def main() -> None:
         [lambda: Monitor(make_env(args.env, seed=args.seed, env_modules=args.env_module, settings=settings))]
     )
     action_set = [int(a) for a in env.envs[0].unwrapped.action_set]
+    draw = image_drawer(env)
+    row = paddle_row(draw(np.zeros((10, 10, 4), dtype=bool)).shape[0])
     played = play_episodes(model, env, args.episodes)
     record: dict[str, Any] = dict(
         model=args.model,
@@ -199,6 +294,7 @@ def main() -> None:
     for k in args.steps_before:
         rows = failure_rows(played, k, action_set)
         summary = summarise(model, rows, (0.0, 1.0))
+        summary["catcher_divergence"] = catcher_divergence(model, rows, action_set, draw, row)
         summary["where"] = [
             {
                 key: row[key]
@@ -207,7 +303,11 @@ def main() -> None:
             for row in rows
         ]
         record["by_steps_before"][str(k)] = summary
-        print(json.dumps({k: {key: value for key, value in summary.items() if key != "where"}}), flush=True)
+        shown = {key: value for key, value in summary.items() if key != "where"}
+        shown["catcher_divergence"] = {
+            key: value for key, value in summary["catcher_divergence"].items() if not key.endswith("_step")
+        }
+        print(json.dumps({k: shown}), flush=True)
     if args.out:
         with open(args.out, "w") as file:
             json.dump(record, file, indent=1)

@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--embed-dim", type=int, default=None, help="default: the entry's")
     parser.add_argument("--foreground-weight", type=float, default=1.0)
     parser.add_argument("--beta", type=float, default=None, help="commitment weight (default: the entry's)")
+    parser.add_argument("--base-channels", type=int, default=None, help="default: the entry's")
     parser.add_argument(
         "--local-patches", action="store_true", help="also restarts unused codes (codebook only, not with FSQ)"
     )
@@ -150,7 +151,11 @@ def main() -> None:
     settings = dict(entry_kwargs("MinAtar/Breakout-v1")[0]["policy_kwargs"]["tokenizer_kwargs"])
     multipliers = None if args.channel_multipliers is None else tuple(args.channel_multipliers)
     overrides = dict(
-        vocab_size=args.vocab_size, embed_dim=args.embed_dim, beta=args.beta, channel_multipliers=multipliers
+        vocab_size=args.vocab_size,
+        embed_dim=args.embed_dim,
+        beta=args.beta,
+        channel_multipliers=multipliers,
+        base_channels=args.base_channels,
     )
     settings.update({name: value for name, value in overrides.items() if value is not None})
     if args.fsq_levels:
