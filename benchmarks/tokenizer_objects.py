@@ -6,8 +6,9 @@
 
 Trains the ``ConvTokenizer`` of the shared MinAtar entry of ``hyperparams/iris.yml`` (16x16 frames, 16 tokens, unless
 ``--image-size`` / ``--channel-multipliers`` say otherwise; the options override its codebook, commitment weight,
-loss weighting and architecture) on ``--train-frames`` (3,000) frames of random Breakout play, then, on the next
-1,000 frames, reports:
+loss weighting and architecture) on ``--train-frames`` (3,000) frames of random Breakout play
+(``--catcher-probability``: partly a scripted catcher's, which reaches later frames), then, on the next 1,000 frames,
+reports:
 
 - ``frames_exact``: fraction of frames whose every pixel decodes to its true colour (the nearest of the colours
   that occur in the frames: a faint smudge on the background still counts as background);
@@ -40,15 +41,24 @@ from sb3_iris.minatar import MinAtarImageWrapper
 from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig
 
 
-def random_frames(n: int, seed: int, image_size: int = 16) -> torch.Tensor:
-    """``n`` frames ``(n, 3, image_size, image_size)`` uint8 of uniform random play in MinAtar Breakout."""
+def random_frames(n: int, seed: int, image_size: int = 16, catcher_probability: float = 0.0) -> torch.Tensor:
+    """``n`` frames ``(n, 3, image_size, image_size)`` uint8 of MinAtar Breakout play: uniform random actions, or with
+    probability ``catcher_probability`` per step the scripted catcher's (``guided_collection_probe.catcher_action``),
+    which keeps the ball and so reaches the later frames (fewer bricks) that random play never shows."""
+    from benchmarks.probes.guided_collection_probe import catcher_action
+
     env = MinAtarImageWrapper(gym.make("MinAtar/Breakout-v1"), cell_size=1, image_size=image_size)
     env.action_space.seed(seed)
+    rng = np.random.default_rng(seed)
     frames = []
     observation, _ = env.reset(seed=seed)
     for _ in range(n):
         frames.append(observation)
-        observation, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if rng.random() < catcher_probability:
+            action = catcher_action(env.unwrapped.game.env)
+        else:
+            action = env.action_space.sample()
+        observation, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             observation, _ = env.reset()
     return torch.as_tensor(np.stack(frames)).permute(0, 3, 1, 2)
@@ -142,11 +152,19 @@ def main() -> None:
     )
     parser.add_argument("--image-size", type=int, default=16, help="frame side, the 10x10 grid centred (10: no border)")
     parser.add_argument("--train-frames", type=int, default=3000, help="frames of random play to train on")
+    parser.add_argument(
+        "--catcher-probability",
+        type=float,
+        default=0.0,
+        help="per step, the scripted catcher's action instead of a random one (train and test frames; 0: random play)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    frames = random_frames(args.train_frames + 1000, args.seed, args.image_size)
+    if not 0.0 <= args.catcher_probability <= 1.0:
+        raise ValueError(f"--catcher-probability={args.catcher_probability} must be in [0, 1]")
+    frames = random_frames(args.train_frames + 1000, args.seed, args.image_size, args.catcher_probability)
     train, test = frames[: args.train_frames], frames[args.train_frames :]
     settings = dict(entry_kwargs("MinAtar/Breakout-v1")[0]["policy_kwargs"]["tokenizer_kwargs"])
     multipliers = None if args.channel_multipliers is None else tuple(args.channel_multipliers)
