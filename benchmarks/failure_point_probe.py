@@ -282,7 +282,7 @@ def main() -> None:
     )
     action_set = [int(a) for a in env.envs[0].unwrapped.action_set]
     draw = image_drawer(env)
-    row = paddle_row(draw(np.zeros((10, 10, 4), dtype=bool)).shape[0])
+    row = paddle_row(env.observation_space.shape[0])  # frames (H, W, 3)
     env.seed(args.seed)  # MinAtar's game (its sticky actions) draws from the first reset's seed
     played = play_episodes(model, env, args.episodes)
     record: dict[str, Any] = dict(

@@ -26,7 +26,6 @@ env) and how many of the collected steps were guided.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import tempfile
 from pathlib import Path
@@ -42,6 +41,7 @@ from benchmarks.failure_point_probe import LEFT, NOOP, RIGHT, landing
 from benchmarks.imagination_throughput import entry_kwargs
 from sb3_iris import IRIS
 from sb3_iris.callbacks import WorldModelEvalCallback
+from sb3_iris.run_config import load_wrappers
 
 ENV_ID = "MinAtar/Breakout-v1"
 
@@ -88,13 +88,17 @@ class GuidedIRIS(IRIS):
 
 
 def make_env(settings: dict[str, Any], n_envs: int, seed: int) -> Any:
-    """The entry's MinAtar env (its first ``env_wrapper``), ``n_envs`` copies."""
+    """The entry's MinAtar env with its ``env_wrapper`` list applied, ``n_envs`` copies."""
     import sb3_iris.minatar  # noqa: F401  (registers the ids)
 
-    ((name, wrapper_kwargs),) = settings["env_wrapper"][0].items()
-    module_name, class_name = name.rsplit(".", 1)
-    wrapper_class = getattr(importlib.import_module(module_name), class_name)
-    return make_vec_env(ENV_ID, n_envs=n_envs, seed=seed, wrapper_class=wrapper_class, wrapper_kwargs=wrapper_kwargs)
+    wrappers = load_wrappers(settings.get("env_wrapper") or [])
+
+    def wrap(env: Any) -> Any:
+        for wrapper in wrappers:
+            env = wrapper(env)
+        return env
+
+    return make_vec_env(ENV_ID, n_envs=n_envs, seed=seed, wrapper_class=wrap)
 
 
 def main() -> None:
