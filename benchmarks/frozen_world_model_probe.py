@@ -294,6 +294,20 @@ def main() -> None:
     parser.add_argument(
         "--drift-check", type=int, default=0, metavar="H", help="Breakout: imagined vs real frames, same actions"
     )
+    parser.add_argument(
+        "--collect-steps-per-eval",
+        type=int,
+        default=0,
+        help="env steps the current actor adds to the replay after every --eval-every updates, so that imagination "
+        "starts follow the policy as in training (0: the replay stays the first --replay-steps)",
+    )
+    parser.add_argument(
+        "--collect-epsilon",
+        type=float,
+        default=None,
+        help="override the model's collection epsilon for every collection, without its decay schedule "
+        "(default: the model's schedule, which starts at collect_epsilon_initial in a fresh count)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     add_env_settings_arguments(parser)
@@ -323,6 +337,8 @@ def main() -> None:
         model.imagination_outcome_temperature = args.imagination_outcome_temperature
     if args.actor_critic_event_fraction is not None:
         model.actor_critic_event_fraction = args.actor_critic_event_fraction
+    if args.collect_epsilon is not None:
+        model.collect_epsilon, model.collect_epsilon_initial = args.collect_epsilon, None
     if args.reset_actor:
         model.policy.actor_critic.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
     model.tokenizer_start_after_epochs = model.world_model_start_after_epochs = 10**9
@@ -353,6 +369,8 @@ def main() -> None:
     for done in range(0, args.updates + 1, args.eval_every):
         if done:
             metrics = model.train_part("actor_critic")
+            if args.collect_steps_per_eval:
+                model.learn(args.collect_steps_per_eval, reset_num_timesteps=False)  # the current actor's play
         else:
             metrics = {}
         mean, std = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
@@ -361,6 +379,7 @@ def main() -> None:
             eval_mean_return=float(mean),
             eval_std=float(std),
             seconds=round(time.perf_counter() - start, 1),
+            replay_steps=int(model.replay_buffer.n_steps),
             **{k.split("/")[-1]: round(v, 4) for k, v in metrics.items()},
         )
         record["evaluations"].append(entry)

@@ -12,11 +12,17 @@ the envs continuing from one update to the next; an env that ends is reset) on t
 world model and the tokenizer's reconstructions. So this is the actor-critic's sample need with a perfect world
 model: if it needs N transitions here, IRIS needs at least N imagined transitions (a world model only adds error).
 Every ``--eval-every`` updates: ``--eval-episodes`` deterministic (argmax) episodes on a separate env.
+
+``--starts replay`` (MinAtar only) restarts every rollout as IRIS's imagination does instead: from steps drawn
+uniformly from a replay of what the actor played (``--initial-replay-steps`` of the untrained actor's play, then
+``--collect-steps-per-update`` more of the current actor's, with ``--collect-epsilon`` random actions), restoring the
+real game state of each drawn step. With that, the only difference left to IRIS is the world model.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from typing import Any
@@ -56,6 +62,61 @@ def evaluate(actor_critic: ActorCritic, env: Any, episodes: int) -> float:
             returns.append(episode_return)
             episode_return = 0.0
     return float(np.mean(returns))
+
+
+class GameStateReplay:
+    """The frames and MinAtar game states of the steps a policy played, to restart real rollouts from."""
+
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+        self.states: list[tuple[Any, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def add(self, frame: np.ndarray, game: Any) -> None:
+        """Store ``frame`` and a copy of the game (a ``minatar.Environment``) that shows it."""
+        self.frames.append(frame.copy())
+        self.states.append((copy.deepcopy(game.env), int(game.last_action)))
+
+
+def minatar_games(env: Any) -> list[Any]:
+    """The ``minatar.Environment`` behind each env of the DummyVecEnv ``env``."""
+    games = [vec_env.unwrapped.game for vec_env in env.envs]
+    if not all(hasattr(game, "env") and hasattr(game, "last_action") for game in games):
+        raise ValueError("--starts replay needs MinAtar envs (it restores their game states)")
+    return games
+
+
+def collect(
+    actor_critic: ActorCritic, env: Any, observations: np.ndarray, steps: int, epsilon: float, replay: GameStateReplay
+) -> np.ndarray:
+    """Play ``steps`` steps of each env of ``env`` with the sampled policy (a uniform action with probability
+    ``epsilon``), storing every step's frame and game state in ``replay``; returns the last observations."""
+    games = minatar_games(env)
+    num_actions = int(env.action_space.n)
+    for _ in range(steps):
+        for frame, game in zip(observations, games):
+            replay.add(frame, game)
+        with torch.no_grad():
+            logits = actor_critic(frames_to_input(observations), actor_critic.initial_state(len(games))).logits
+        actions = torch.distributions.Categorical(logits=logits).sample().numpy()
+        random = np.random.random(len(games)) < epsilon
+        actions[random] = np.random.randint(num_actions, size=int(random.sum()))
+        observations, _, _, _ = env.step(actions)
+    return observations
+
+
+def restore_starts(env: Any, replay: GameStateReplay, rng: np.random.Generator) -> np.ndarray:
+    """Put each env of ``env`` into the game state of a step drawn uniformly from ``replay``; returns its frames.
+    The sticky-action draws stay each env's own, so two restarts from one step can differ, as in the real game."""
+    games = minatar_games(env)
+    indices = rng.integers(len(replay), size=len(games))
+    for game, index in zip(games, indices):
+        saved, last_action = replay.states[index]
+        game.env = copy.deepcopy(saved)
+        game.last_action = last_action
+    return np.stack([replay.frames[index] for index in indices])
 
 
 def rollout(
@@ -108,6 +169,16 @@ def main() -> None:
     )
     parser.add_argument("--minibatches", type=int, default=4, help="minibatches per epoch with --update-epochs")
     parser.add_argument("--clip-range", type=float, default=0.2, help="PPO clip range with --update-epochs")
+    parser.add_argument(
+        "--starts",
+        choices=["continuing", "replay"],
+        default="continuing",
+        help="continuing: the envs run on across updates; replay: each rollout restarts from replay steps "
+        "(imagination's starts; MinAtar only)",
+    )
+    parser.add_argument("--initial-replay-steps", type=int, default=7500, help="with --starts replay")
+    parser.add_argument("--collect-steps-per-update", type=int, default=50, help="with --starts replay")
+    parser.add_argument("--collect-epsilon", type=float, default=0.01, help="with --starts replay")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -144,6 +215,13 @@ def main() -> None:
     )
     state = actor_critic.initial_state(batch)
     observations = env.reset()
+    replay, rng = GameStateReplay(), np.random.default_rng(args.seed)
+    if args.starts == "replay":
+        np.random.seed(args.seed)
+        collect_env = make_vec_env(args.env, n_envs=4, seed=20_000 + args.seed, wrapper_class=wrapper)
+        collect_observations = collect(
+            actor_critic, collect_env, collect_env.reset(), args.initial_replay_steps // 4, 1.0, replay
+        )
     start = time.perf_counter()
     for update in range(args.updates + 1):
         if update % args.eval_every == 0:
@@ -152,10 +230,21 @@ def main() -> None:
                 transitions=update * batch * horizon,
                 eval_mean_return=evaluate(actor_critic, eval_env, args.eval_episodes),
                 seconds=round(time.perf_counter() - start, 1),
+                replay_steps=len(replay),
             )
             print(json.dumps(entry), flush=True)
         if update == args.updates:
             break
+        if args.starts == "replay":
+            collect_observations = collect(
+                actor_critic,
+                collect_env,
+                collect_observations,
+                max(1, args.collect_steps_per_update // 4),
+                args.collect_epsilon,
+                replay,
+            )
+            observations = restore_starts(env, replay, rng)
         trajectories, observations, state = rollout(actor_critic, env, observations, state, horizon)
         returns = compute_lambda_returns(
             trajectories.rewards, trajectories.values.detach(), trajectories.ends, gamma, lambda_

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -61,3 +63,37 @@ def test_catcher_keeps_the_ball_for_a_thousand_steps() -> None:
             reward += step_reward
             assert not terminal
         assert reward > 10
+
+
+def test_oracle_replay_starts_restore_the_stored_game() -> None:
+    """A rollout restarted from a replay step is in that step's game: its frame, and the same next frame as the game
+    that was stored, for the same action (sticky actions off)."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from benchmarks.oracle_actor_critic import GameStateReplay, collect, minatar_games, restore_starts
+    from sb3_iris.minatar import MinAtarImageWrapper
+    from sb3_iris.nn.actor_critic import ActorCritic, ActorCriticConfig
+
+    def wrapper(env: gym.Env) -> gym.Env:
+        return MinAtarImageWrapper(env, cell_size=1, image_size=10)
+
+    kwargs = dict(n_envs=3, wrapper_class=wrapper, env_kwargs=dict(sticky_action_prob=0.0))
+    collect_env = make_vec_env("MinAtar/Breakout-v1", seed=0, **kwargs)
+    env = make_vec_env("MinAtar/Breakout-v1", seed=1, **kwargs)
+    actor_critic = ActorCritic(
+        ActorCriticConfig(num_actions=3, observation_shape=(3, 10, 10), flatten_images=True, recurrent=False)
+    )
+    replay = GameStateReplay()
+    collect(actor_critic, collect_env, collect_env.reset(), 40, 1.0, replay)
+    assert len(replay) == 120
+    frames = restore_starts(env, replay, np.random.default_rng(0))
+    for frame, game in zip(frames, minatar_games(env)):
+        np.testing.assert_array_equal(grid_to_image(game.state(), cell_size=1, image_size=10), frame)
+    index = 57
+    stored, last_action = replay.states[index]
+    expected = copy.deepcopy(stored)
+    expected.act(1)
+    game = minatar_games(env)[0]
+    game.env, game.last_action = copy.deepcopy(stored), last_action
+    game.act(1)
+    np.testing.assert_array_equal(game.state(), expected.state())
