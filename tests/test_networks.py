@@ -462,6 +462,37 @@ def test_world_model_loss_matches_manual_cross_entropy():
     assert losses.ends.item() == pytest.approx(expected_e.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_world_model_loss_and_gradients_equal_the_full_logits_path(parallel):
+    """The loss evaluates the observation head only where a target exists; the plain path evaluates it at every
+    position, drops the last one and lets cross-entropy ignore the padded targets. Same loss, same gradients."""
+    torch.manual_seed(0)
+    world_model = tiny_world_model(parallel_observations=parallel)
+    batch, blocks = 3, 4
+    obs = torch.randint(0, VOCAB, (batch, blocks, K))
+    actions = torch.randint(0, ACTIONS, (batch, blocks))
+    rewards, ends = torch.randn(batch, blocks), torch.zeros(batch, blocks, dtype=torch.bool)
+    mask = torch.tensor([[True] * 4, [True, True, True, False], [True, False, False, False]])
+
+    world_model.zero_grad()
+    world_model.compute_loss(obs, actions, rewards, ends, mask).observations.backward()
+    fast = {name: p.grad.clone() for name, p in world_model.named_parameters() if p.grad is not None}
+
+    world_model.zero_grad()
+    logits = world_model(interleave_tokens(obs, actions)).logits_observations[:, :-1]
+    if parallel:
+        labels = obs[:, 1:].masked_fill(~mask[:, 1:].unsqueeze(-1), -100)
+    else:
+        labels = obs.masked_fill(~mask.unsqueeze(-1), -100).flatten(1)[:, 1:]
+    plain_loss = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
+    plain_loss.backward()
+    plain = {name: p.grad.clone() for name, p in world_model.named_parameters() if p.grad is not None}
+
+    assert fast.keys() == plain.keys() and "head_observations.2.weight" in fast
+    for name in plain:
+        torch.testing.assert_close(fast[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_world_model_loss_ignores_padded_steps():
     torch.manual_seed(0)
     world_model = tiny_world_model().eval()

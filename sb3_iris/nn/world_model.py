@@ -115,7 +115,8 @@ class WorldModelLosses(NamedTuple):
 class WorldModelPredictions(NamedTuple):
     """Logits of the three heads on a batch of segments and their targets, flattened (``IGNORE_INDEX``: no target).
 
-    :param observations: ``(N_obs, V)`` next-observation-token logits; :param observation_labels: ``(N_obs,)``
+    :param observations: ``(N_obs, V)`` next-observation-token logits, only where a target exists (real steps)
+    :param observation_labels: ``(N_obs,)`` their targets (never ``IGNORE_INDEX``)
     :param rewards: ``(B * L, 3)`` reward-sign logits; :param reward_labels: ``(B * L,)`` in {0, 1, 2}
     :param ends: ``(B * L, 2)`` end logits; :param end_labels: ``(B * L,)`` in {0, 1}
     """
@@ -350,9 +351,9 @@ class WorldModel(nn.Module):
         The training loss (:meth:`compute_loss`) and the held-out evaluation (``WorldModelEvalCallback``) both
         use it, so they score the same predictions against the same targets. Arguments as in :meth:`compute_loss`.
         """
-        output = self(interleave_tokens(obs_tokens, actions))
+        output = self(interleave_tokens(obs_tokens, actions), compute_observation_logits=False)
         _, labels_rewards, labels_ends = world_model_labels(obs_tokens, rewards, ends, mask_padding)
-        logits_obs, labels_obs = self.observation_predictions(output, obs_tokens, mask_padding)
+        logits_obs, labels_obs = self.observation_predictions(output.hidden, obs_tokens, mask_padding)
         return WorldModelPredictions(
             logits_obs,
             labels_obs,
@@ -363,25 +364,32 @@ class WorldModel(nn.Module):
         )
 
     def observation_predictions(
-        self, output: WorldModelOutput, obs_tokens: torch.Tensor, mask_padding: torch.Tensor
+        self, hidden: torch.Tensor, obs_tokens: torch.Tensor, mask_padding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next-observation-token logits of a full segment pass and their targets, flattened.
+        """Next-observation-token logits of a full segment pass and their targets, for the targets that exist.
 
         Sequential (IRIS): every observation token but the last of the segment predicts the next one. Parallel:
         the action token of step t predicts the K tokens of step t + 1. Either way the last action token would
-        predict a frame beyond the segment and is dropped.
+        predict a frame beyond the segment and is dropped. Only the rows with a target (not padding) go through the
+        observation head: the same logits and targets as evaluating the head at every position and dropping the
+        rest afterwards (``tests/test_networks.py``), without the full-size ``(B, T, V)`` logits, whose slicing,
+        copying and zero-filled gradient cost about a seventh of a MinAtar world-model update.
 
-        :param output: the output of ``self(interleave_tokens(obs_tokens, actions))``
+        :param hidden: ``(B, L * (K + 1), D)`` the transformer's output on ``interleave_tokens(obs_tokens, actions)``
         :param obs_tokens: ``(B, L, K)``
         :param mask_padding: ``(B, L)`` True for real steps
-        :return: logits ``(N, V)`` and labels ``(N,)`` (``IGNORE_INDEX`` where the target is padding)
+        :return: logits ``(N, V)`` and labels ``(N,)`` of the N targets on real steps
         """
+        _, obs_positions, _ = self._positions(0, hidden.shape[1], hidden.device)
+        predicting = hidden[:, obs_positions[:-1]]
         if self.config.parallel_observations:
-            labels = obs_tokens[:, 1:].masked_fill(~mask_padding[:, 1:].unsqueeze(-1), IGNORE_INDEX)
-        else:
-            labels = observation_labels(obs_tokens, mask_padding)
-        logits = output.logits_observations[:, :-1]
-        return logits.reshape(-1, self.config.obs_vocab_size), labels.reshape(-1)
+            has_target = mask_padding[:, 1:].bool()
+            logits = self.head_observations(predicting[has_target])
+            logits = logits.unflatten(-1, (self.config.tokens_per_obs, self.config.obs_vocab_size))
+            return logits.reshape(-1, self.config.obs_vocab_size), obs_tokens[:, 1:][has_target].reshape(-1)
+        labels = observation_labels(obs_tokens, mask_padding)
+        has_target = labels != IGNORE_INDEX
+        return self.head_observations(predicting[has_target]), labels[has_target]
 
     def weight_decay_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: decay on Linear weights only (minGPT / IRIS)."""
