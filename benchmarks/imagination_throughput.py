@@ -6,6 +6,11 @@ batch sizes, with the sequential (IRIS) and the parallel observation prediction 
 world-model updates. Networks are untrained: the cost of a pass does not depend on the weights.
 
     python benchmarks/imagination_throughput.py --threads 1 --batch-sizes 32 256 1024 --parallel off on
+    python benchmarks/imagination_throughput.py --config benchmarks/probes/minatar_l15a_argmax_outcomes.yml \
+        --batch-sizes 64 --parallel off --sampling multinomial inverse_cdf --updates 10
+
+``--sampling``: how imagined tokens, rewards and ends are drawn (IRIS's ``inverse_cdf_sampling`` switch), each timed
+on the same model, in the order given.
 """
 
 from __future__ import annotations
@@ -93,6 +98,9 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=None, help="imagination horizon (default: the entry's)")
     parser.add_argument("--updates", type=int, default=3)
     parser.add_argument("--replay-steps", type=int, default=2000)
+    parser.add_argument(
+        "--sampling", choices=["multinomial", "inverse_cdf"], nargs="+", default=["multinomial"], help="token draws"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results: dict[str, Any] = dict(env=args.env, threads=args.threads, torch=torch.__version__, runs=[])
@@ -102,13 +110,15 @@ def main() -> None:
             model.imagination_horizon = args.horizon
         model.policy.tokenizer.eval()
         world_model_seconds = time_phase(model, "world_model", args.updates)
-        for batch_size in args.batch_sizes:
+        for batch_size, sampling in [(batch, sampling) for batch in args.batch_sizes for sampling in args.sampling]:
             model.actor_critic_batch_size = batch_size
+            model.dream_env.inverse_cdf_sampling = sampling == "inverse_cdf"
             seconds = time_phase(model, "actor_critic", args.updates)
             transitions = batch_size * model.imagination_horizon
             results["runs"].append(
                 dict(
                     parallel_observations=mode == "on",
+                    sampling=sampling,
                     actor_critic_batch_size=batch_size,
                     imagination_horizon=model.imagination_horizon,
                     actor_critic_update_seconds=round(seconds, 4),

@@ -132,6 +132,9 @@ class IRIS(IrisPersistence, IrisCollection):
         page-faulting large tensors on every step (None: on for CPU devices on glibc; same results, a higher
         resident set; see the README's performance section). Process-wide: applied when ``learn()`` starts (announced
         at verbose >= 1) and kept for the rest of the process; never by ``load`` or by the evaluate / play tools
+    :param inverse_cdf_sampling: draw imagined tokens, rewards and ends by inverting their cumulative distribution
+        with one uniform number per row instead of ``torch.multinomial`` (the same distribution, a different random
+        stream; about a fifth off a MinAtar actor-critic update on a CPU, see the README's performance section)
     :param stats_window_size: window for the rollout episode statistics
     :param tensorboard_log: TensorBoard log folder (None: no logging)
     :param policy_kwargs: keyword arguments of the policy (``tokenizer_kwargs``, ``world_model_kwargs``,
@@ -201,6 +204,7 @@ class IRIS(IrisPersistence, IrisCollection):
         fused_optimizers: Optional[bool] = None,
         compile_imagination: Optional[bool] = None,
         tune_cpu_allocator: Optional[bool] = None,
+        inverse_cdf_sampling: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
@@ -275,6 +279,7 @@ class IRIS(IrisPersistence, IrisCollection):
         self.fused_optimizers = fused_optimizers
         self.compile_imagination = compile_imagination
         self.tune_cpu_allocator = tune_cpu_allocator
+        self.inverse_cdf_sampling = inverse_cdf_sampling
         self._n_epochs = 0
         self.last_phase_seconds: dict[str, float] = {}
         self.last_collection_seconds = 0.0
@@ -300,6 +305,7 @@ class IRIS(IrisPersistence, IrisCollection):
             fused_optimizers=self.fused_optimizers,
             compile_imagination=self.compile_imagination,
             tune_cpu_allocator=self.tune_cpu_allocator,
+            inverse_cdf_sampling=self.inverse_cdf_sampling,
         ).resolved(self.device)
         # Move the networks to the target device before making the optimisers, so that fused states are created there.
         self.policy = self.policy_class(
@@ -329,7 +335,11 @@ class IRIS(IrisPersistence, IrisCollection):
         stepper = OneTokenStepper(self.policy.world_model, compile=True) if compiled else None
         # One dream environment reused by every imagination (its KV cache is allocated once per batch size).
         self.dream_env = DreamEnv(
-            self.policy.world_model, self.imagination_temperature, self.performance.merge_last_token, stepper
+            self.policy.world_model,
+            self.imagination_temperature,
+            self.performance.merge_last_token,
+            stepper,
+            inverse_cdf_sampling=self.performance.inverse_cdf_sampling,
         )
         self._collection_state = None
 

@@ -10,6 +10,10 @@
 - ``compile_imagination``: imagination generates through the world model's static-shape one-token pass,
   wrapped in ``torch.compile`` (on CUDA with ``mode="reduce-overhead"``, i.e. replayed as a CUDA graph). Off by
   default: compiling takes a minute, and its gain has not been measured on a GPU yet (see the README).
+- ``inverse_cdf_sampling``: imagined tokens, rewards and ends are drawn by inverting each row's cumulative
+  distribution with one uniform number, instead of ``torch.multinomial`` (N exponential numbers per row). The same
+  distribution (tested against the exact probabilities), a different random stream, so seeded runs differ from the
+  plain path's; off by default so that earlier seeded results reproduce.
 - ``tune_cpu_allocator``: keep freed CPU memory in the process (glibc ``mallopt``) instead of returning every
   large tensor to the kernel with ``munmap`` and page-faulting it back in on the next allocation (PyTorch's CPU
   allocator is plain ``malloc``; the README's performance section has the measured cost). It changes no numbers
@@ -62,6 +66,7 @@ class PerformanceOptions:
     :param compile_imagination: compiled static-shape one-token world-model passes in imagination; ``None``: off
     :param tune_cpu_allocator: keep freed CPU memory for reuse (see :func:`configure_cpu_allocator`); ``None``: on
         for CPU devices where the C library is glibc
+    :param inverse_cdf_sampling: draw imagined tokens, rewards and ends by inverse CDF (off: ``torch.multinomial``)
     """
 
     mixed_precision: Optional[bool] = None
@@ -70,6 +75,7 @@ class PerformanceOptions:
     fused_optimizers: Optional[bool] = None
     compile_imagination: Optional[bool] = None
     tune_cpu_allocator: Optional[bool] = None
+    inverse_cdf_sampling: bool = False
 
     def resolved(self, device: torch.device) -> PerformanceOptions:
         """A copy with every ``None`` replaced by the choice for ``device``."""
@@ -84,6 +90,7 @@ class PerformanceOptions:
             tune_cpu_allocator=(device.type == "cpu" and is_glibc())
             if self.tune_cpu_allocator is None
             else self.tune_cpu_allocator,
+            inverse_cdf_sampling=self.inverse_cdf_sampling,
         )
 
     def as_dict(self) -> dict:

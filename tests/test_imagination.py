@@ -52,9 +52,9 @@ def record_sampling(monkeypatch, keep: Callable[[torch.Tensor, float], Any]) -> 
     """Make imagination's ``sample_from_logits`` record ``keep(logits, temperature)`` of every draw."""
     records: list[Any] = []
 
-    def recording_sampler(logits, temperature=1.0):
+    def recording_sampler(logits, temperature=1.0, inverse_cdf=False):
         records.append(keep(logits, temperature))
-        return sample_from_logits(logits, temperature)
+        return sample_from_logits(logits, temperature, inverse_cdf)
 
     monkeypatch.setattr(imagination, "sample_from_logits", recording_sampler)
     return records

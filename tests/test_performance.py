@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from sb3_iris import IRIS
+from sb3_iris import IRIS, imagination
 from sb3_iris.imagination import OneTokenStepper, imagine_rollouts
 from sb3_iris.nn.actor_critic import ActorCritic, ActorCriticConfig, actor_critic_loss, compute_lambda_returns
 from sb3_iris.nn.tokenizer import ConvTokenizer, ConvTokenizerConfig
@@ -109,6 +109,60 @@ def test_merge_last_token_imagination_equals_plain():
     assert torch.equal(plain.rewards, merged.rewards) and torch.equal(plain.ends, merged.ends)
     torch.testing.assert_close(plain.logits, merged.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(plain.observations, merged.observations, rtol=1e-5, atol=1e-5)
+
+
+def test_inverse_cdf_indices_equal_a_scan_of_the_cumulative_sums():
+    """The first index whose running sum passes u * total, found by a plain loop, for hand-picked and random u."""
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 1.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    uniforms = torch.tensor([[0.0], [0.5], [0.999999]])
+    generator = torch.Generator().manual_seed(0)
+    for u in [uniforms, torch.rand(3, 1, generator=generator), torch.rand(3, 1, generator=generator)]:
+        fast = imagination.inverse_cdf_indices(probs, u)
+        expected = []
+        for row, threshold in zip(probs, u[:, 0]):
+            running, index = 0.0, None
+            for i, p in enumerate(row.tolist()):
+                running += p
+                if running > threshold.item() * row.sum().item():
+                    index = i
+                    break
+            expected.append(index)
+        assert fast.tolist() == expected
+    assert imagination.inverse_cdf_indices(probs, uniforms).tolist() == [0, 2, 3]
+
+
+def test_inverse_cdf_sampling_draws_the_softmax_distribution():
+    """200k draws per row at temperature 1 and 2: frequencies within 0.005 of the softmax; zero-probability
+    classes never drawn; temperature 0 is the argmax, as with torch.multinomial."""
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 0.0, -1.0, 1.0], [0.0, float("-inf"), 3.0, 0.5]])
+    for temperature in (1.0, 2.0):
+        draws = imagination.sample_from_logits(logits.expand(200_000, 2, 4), temperature, inverse_cdf=True)
+        for row in range(2):
+            frequencies = torch.bincount(draws[:, row], minlength=4).float() / draws.shape[0]
+            expected = torch.softmax(logits[row] / temperature, dim=-1)
+            torch.testing.assert_close(frequencies, expected, atol=5e-3, rtol=0)
+        assert not bool((draws[:, 1] == 1).any())
+    assert torch.equal(imagination.sample_from_logits(logits, 0.0, inverse_cdf=True), logits.argmax(-1))
+
+
+def test_inverse_cdf_switch_reaches_imagination_and_trains():
+    model = IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, inverse_cdf_sampling=True, seed=2))
+    assert model.performance.inverse_cdf_sampling is True and model.dream_env.inverse_cdf_sampling is True
+    calls = []
+    original = imagination.inverse_cdf_indices
+
+    def counting(probs, uniforms):
+        calls.append(probs.shape)
+        return original(probs, uniforms)
+
+    imagination.inverse_cdf_indices = counting
+    try:
+        model.learn(2 * model.n_steps_per_epoch)
+    finally:
+        imagination.inverse_cdf_indices = original
+    assert calls, "imagination never drew through the inverse CDF"
+    assert IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True)).dream_env.inverse_cdf_sampling is False
 
 
 def test_reused_kv_cache_equals_fresh_cache():

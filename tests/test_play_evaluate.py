@@ -150,9 +150,9 @@ def test_play_dream_draws_rewards_and_ends_at_the_models_outcome_temperature(tin
     temperatures = []
     real_sample_outcomes = imagination.sample_outcomes
 
-    def recording_sample_outcomes(logits_rewards, logits_ends, temperature=1.0):
+    def recording_sample_outcomes(logits_rewards, logits_ends, temperature=1.0, inverse_cdf=False):
         temperatures.append(temperature)
-        return real_sample_outcomes(logits_rewards, logits_ends, temperature)
+        return real_sample_outcomes(logits_rewards, logits_ends, temperature, inverse_cdf)
 
     monkeypatch.setattr(imagination, "sample_outcomes", recording_sample_outcomes)
     options = play_module.PlayOptions(env_id=envs_for_tests.TINY_GRID_ID, steps=3, burn_in=2)
