@@ -146,7 +146,7 @@ def test_inverse_cdf_sampling_draws_the_softmax_distribution():
     assert torch.equal(imagination.sample_from_logits(logits, 0.0, inverse_cdf=True), logits.argmax(-1))
 
 
-def test_inverse_cdf_switch_reaches_imagination_and_trains():
+def test_inverse_cdf_switch_reaches_imagination_and_trains(monkeypatch):
     model = IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True, inverse_cdf_sampling=True, seed=2))
     assert model.performance.inverse_cdf_sampling is True and model.dream_env.inverse_cdf_sampling is True
     calls = []
@@ -156,11 +156,8 @@ def test_inverse_cdf_switch_reaches_imagination_and_trains():
         calls.append(probs.shape)
         return original(probs, uniforms)
 
-    imagination.inverse_cdf_indices = counting
-    try:
-        model.learn(2 * model.n_steps_per_epoch)
-    finally:
-        imagination.inverse_cdf_indices = original
+    monkeypatch.setattr(imagination, "inverse_cdf_indices", counting)
+    model.learn(2 * model.n_steps_per_epoch)
     assert calls, "imagination never drew through the inverse CDF"
     assert IRIS("CnnPolicy", ColorBoxEnv(), **tiny_iris_kwargs(image=True)).dream_env.inverse_cdf_sampling is False
 
